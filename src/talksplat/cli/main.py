@@ -1,0 +1,42 @@
+"""The ``talksplat`` console script."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from talksplat import __version__
+from talksplat.errors import TalksplatError
+
+# Subcommand modules, each exposing register(subparsers) that sets ``func`` on its parser.
+SUBCOMMANDS = ("talksplat.cli.doctor",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="talksplat", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"talksplat {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in SUBCOMMANDS:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except TalksplatError as exc:
+        print(f"talksplat {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"talksplat {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
