@@ -91,7 +91,8 @@ def _composite(alpha_raw: Tensor, sigma: Tensor, features: Tensor) -> tuple[Tens
     T_after = torch.cumprod(1 - alpha, dim=1)
     T_before = torch.cat([torch.ones_like(T_after[:, :1]), T_after[:, :-1]], dim=1)
     acc = (alpha * T_before) @ features
-    return acc, T_after[:, -1]
+    T_final = T_after[:, -1] if T_after.shape[1] else torch.ones_like(T_after[:, 0])
+    return acc, T_final
 
 
 def rasterize_features_reference(means2d, conics, opacities, features, ext, depths, width, height):
@@ -105,15 +106,14 @@ def rasterize_features_reference(means2d, conics, opacities, features, ext, dept
     order = order[visible[order]]
     lo, hi = _pixel_span(means2d.detach()[order], ext[order])
     channels = features.shape[1]
-    acc = torch.zeros(height, width, channels, dtype=features.dtype)
-    T_final = torch.ones(height, width, dtype=features.dtype)
+    # Tiles are assembled with torch.cat (not written in place) so autograd's backward stays cheap.
+    rows = []
     for y0 in range(0, height, TILE_SIZE):
+        row = []
         for x0 in range(0, width, TILE_SIZE):
             x1, y1 = min(x0 + TILE_SIZE, width), min(y0 + TILE_SIZE, height)
             hits = (hi[:, 0] >= x0) & (lo[:, 0] <= x1 - 1) & (hi[:, 1] >= y0) & (lo[:, 1] <= y1 - 1)
             ids = order[hits]
-            if ids.numel() == 0:
-                continue
             py, px = torch.meshgrid(torch.arange(y0, y1, dtype=features.dtype) + 0.5,
                                     torch.arange(x0, x1, dtype=features.dtype) + 0.5, indexing="ij")
             dx = means2d[ids, 0][None, :] - px.reshape(-1, 1)
@@ -121,8 +121,10 @@ def rasterize_features_reference(means2d, conics, opacities, features, ext, dept
             a, b, c = conics[ids].unbind(-1)
             sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
             tile_acc, tile_T = _composite(opacities[ids] * torch.exp(-sigma), sigma, features[ids])
-            acc[y0:y1, x0:x1] = tile_acc.reshape(y1 - y0, x1 - x0, channels)
-            T_final[y0:y1, x0:x1] = tile_T.reshape(y1 - y0, x1 - x0)
+            row.append(torch.cat([tile_acc, tile_T[:, None]], -1).reshape(y1 - y0, x1 - x0, channels + 1))
+        rows.append(torch.cat(row, dim=1))
+    image = torch.cat(rows, dim=0)
+    acc, T_final = image[..., :channels], image[..., channels]
     return acc, T_final
 
 

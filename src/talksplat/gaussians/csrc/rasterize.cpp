@@ -185,25 +185,6 @@ inline Splat load_splat(int g, const float* means2d, const float* conics, const 
                opac[g], power_limit(opac[g]), ext[2 * g + 1]};
 }
 
-inline void row_range(const Splat& s, int y0, int th, int& jlo, int& jhi) {
-  pixel_span(s.my, s.ext_y, jlo, jhi);
-  jlo = std::max(jlo - y0, 0);
-  jhi = std::min(jhi - y0, th - 1);
-}
-
-// Does the alpha >= 1/255 ellipse cross the pixel row at centre height py within columns
-// [x_first, x_last] (pixel-centre coordinates)? Rejects most rows of elongated or diagonal splats.
-inline bool row_hits(const Splat& s, float py, float x_first, float x_last) {
-  const float dy = s.my - py;
-  const float det = s.a * s.c - s.b * s.b;
-  const float disc = s.a * s.limit - dy * dy * det;
-  if (disc < 0.0f) return false;
-  const float root = std::sqrt(disc);
-  const float x_hi = s.mx + (s.b * dy + root) / s.a;
-  const float x_lo = s.mx + (s.b * dy - root) / s.a;
-  return x_hi >= x_first && x_lo <= x_last;
-}
-
 struct TileGeom {
   int x0, y0, tw, th;
 };
@@ -214,22 +195,31 @@ inline TileGeom tile_geom(int tile, int tiles_x, int width, int height) {
   return TileGeom{x0, y0, std::min(TILE, width - x0), std::min(TILE, height - y0)};
 }
 
-// Per-pixel alpha of one splat over a 16-pixel row. Shared by forward and backward.
-struct RowAlpha {
-  float dx[TILE], sigma[TILE], gauss[TILE], alpha[TILE];
+// Pixel-centre coordinates of a tile's 256 pixels, row-major (pixel p = row * 16 + column).
+struct TileCoords {
+  alignas(64) float px[TILE_PIXELS];
+  alignas(64) float py[TILE_PIXELS];
+  explicit TileCoords(const TileGeom& tg) {
+    for (int p = 0; p < TILE_PIXELS; ++p) {
+      px[p] = static_cast<float>(tg.x0 + p % TILE) + 0.5f;
+      py[p] = static_cast<float>(tg.y0 + p / TILE) + 0.5f;
+    }
+  }
 };
 
-inline void row_alpha(const Splat& s, float dy, int x0, RowAlpha& ra) {
-  const float A = 0.5f * s.c * dy * dy, B = s.b * dy;
-  for (int i = 0; i < TILE; ++i) {
-    const float dx = s.mx - (static_cast<float>(x0 + i) + 0.5f);
-    const float sigma = 0.5f * s.a * dx * dx + B * dx + A;
-    const float gauss = exp_nonpos(-sigma);
-    ra.dx[i] = dx;
-    ra.sigma[i] = sigma;
-    ra.gauss[i] = gauss;
-    ra.alpha[i] = std::min(ALPHA_MAX, s.opacity * gauss);
-  }
+// A splat touches rows [jlo, jhi] of the tile; its work is one contiguous band of pixels
+// [jlo * 16, (jhi + 1) * 16), processed by flat loops the compiler vectorises without per-row
+// scalar overhead.
+struct Band {
+  int p0, p1;
+};
+
+inline Band splat_band(const Splat& s, const TileGeom& tg) {
+  int jlo, jhi;
+  pixel_span(s.my, s.ext_y, jlo, jhi);
+  jlo = std::max(jlo - tg.y0, 0);
+  jhi = std::min(jhi - tg.y0, tg.th - 1);
+  return Band{jlo * TILE, (jhi + 1) * TILE};
 }
 
 void forward_tile(int tile, int tiles_x, int width, int height, int C, const float* means2d,
@@ -237,57 +227,44 @@ void forward_tile(int tile, int tiles_x, int width, int height, int C, const flo
                   const int32_t* tile_offsets, const int32_t* ids, float* out_acc, float* out_T,
                   int32_t* out_last, std::vector<float>& acc) {
   const TileGeom tg = tile_geom(tile, tiles_x, width, height);
-  alignas(64) float T[TILE_PIXELS];
+  const TileCoords tc(tg);
+  alignas(64) float T[TILE_PIXELS], w[TILE_PIXELS];
   alignas(64) int32_t done[TILE_PIXELS], last[TILE_PIXELS];
-  bool row_done[TILE] = {};
-  int rows_done = 0;
   std::fill(acc.begin(), acc.end(), 0.0f);
+  int32_t n_done = 0;
   for (int p = 0; p < TILE_PIXELS; ++p) {
     T[p] = 1.0f;
     last[p] = 0;
-    done[p] = (p % TILE) >= tg.tw;  // columns past the image edge never take part
+    done[p] = (p % TILE) >= tg.tw || (p / TILE) >= tg.th;  // outside the image: never take part
+    n_done += done[p];
   }
   const int start = tile_offsets[tile], end = tile_offsets[tile + 1];
-  const float x_first = tg.x0 + 0.5f, x_last = tg.x0 + tg.tw - 0.5f;
-  RowAlpha ra;
-  alignas(64) float w[TILE];
-  for (int k = start; k < end && rows_done < tg.th; ++k) {
+  for (int k = start; k < end && n_done < TILE_PIXELS; ++k) {
     const int g = ids[k];
     const Splat s = load_splat(g, means2d, conics, opac, ext);
-    int jlo, jhi;
-    row_range(s, tg.y0, tg.th, jlo, jhi);
+    const Band band = splat_band(s, tg);
     const int32_t count = k - start + 1;
-    for (int j = jlo; j <= jhi; ++j) {
-      if (row_done[j]) continue;
-      const float py = tg.y0 + j + 0.5f;
-      if (!row_hits(s, py, x_first, x_last)) continue;
-      row_alpha(s, s.my - py, tg.x0, ra);
-      float* Tr = T + j * TILE;
-      int32_t* dr = done + j * TILE;
-      int32_t* lr = last + j * TILE;
-      int32_t n_done = 0;
-      for (int i = 0; i < TILE; ++i) {
-        const float al = ra.alpha[i];
-        const bool ok = (ra.sigma[i] >= 0.0f) & (al >= ALPHA_MIN) & (dr[i] == 0);
-        const float next_T = Tr[i] * (1.0f - al);
-        const bool finish = ok & (next_T <= T_MIN);
-        const bool use = ok & !finish;
-        w[i] = use ? al * Tr[i] : 0.0f;
-        Tr[i] = use ? next_T : Tr[i];
-        dr[i] = finish ? 1 : dr[i];
-        lr[i] = use ? count : lr[i];
-        n_done += dr[i];
-      }
-      for (int ch = 0; ch < C; ++ch) {
-        const float f = feats[static_cast<int64_t>(g) * C + ch];
-        float* ac = acc.data() + ch * TILE_PIXELS + j * TILE;
-        for (int i = 0; i < TILE; ++i) ac[i] += w[i] * f;
-      }
-      if (n_done == TILE) {
-        row_done[j] = true;
-        ++rows_done;
-      }
+    int32_t newly_done = 0;
+    for (int p = band.p0; p < band.p1; ++p) {
+      const float dx = s.mx - tc.px[p], dy = s.my - tc.py[p];
+      const float sigma = 0.5f * (s.a * dx * dx + s.c * dy * dy) + s.b * dx * dy;
+      const float al = std::min(ALPHA_MAX, s.opacity * exp_nonpos(-sigma));
+      const bool ok = (sigma >= 0.0f) & (al >= ALPHA_MIN) & (done[p] == 0);
+      const float next_T = T[p] * (1.0f - al);
+      const bool finish = ok & (next_T <= T_MIN);
+      const bool use = ok & !finish;
+      w[p] = use ? al * T[p] : 0.0f;
+      T[p] = use ? next_T : T[p];
+      done[p] = finish ? 1 : done[p];
+      last[p] = use ? count : last[p];
+      newly_done += finish;
     }
+    for (int ch = 0; ch < C; ++ch) {
+      const float f = feats[static_cast<int64_t>(g) * C + ch];
+      float* ac = acc.data() + ch * TILE_PIXELS;
+      for (int p = band.p0; p < band.p1; ++p) ac[p] += w[p] * f;
+    }
+    n_done += newly_done;
   }
   for (int j = 0; j < tg.th; ++j) {
     for (int i = 0; i < tg.tw; ++i) {
@@ -311,6 +288,7 @@ void backward_tile(int tile, int tiles_x, int width, int height, int C, const fl
                    const int32_t* last_in, const float* v_acc_img, const float* v_T_img,
                    float* isect_grads, BackwardScratch& sc) {
   const TileGeom tg = tile_geom(tile, tiles_x, width, height);
+  const TileCoords tc(tg);
   const int stride = N_GEOM_GRADS + C;
   alignas(64) float T[TILE_PIXELS], vTT[TILE_PIXELS];
   alignas(64) int32_t last[TILE_PIXELS];
@@ -334,67 +312,57 @@ void backward_tile(int tile, int tiles_x, int width, int height, int C, const fl
   // Slots of Gaussians no pixel reached stay zero.
   std::fill(isect_grads + static_cast<int64_t>(start + max_last) * stride,
             isect_grads + static_cast<int64_t>(end) * stride, 0.0f);
-  const float x_first = tg.x0 + 0.5f, x_last = tg.x0 + tg.tw - 0.5f;
-  RowAlpha ra;
-  alignas(64) float w[TILE], Ti[TILE], inv_one_minus[TILE], dot_f[TILE], dot_S[TILE];
-  alignas(64) int32_t use[TILE], unclamped[TILE];
+  alignas(64) float dxs[TILE_PIXELS], dys[TILE_PIXELS], alpha[TILE_PIXELS], gauss[TILE_PIXELS];
+  alignas(64) float w[TILE_PIXELS], Ti[TILE_PIXELS], inv_one_minus[TILE_PIXELS], unclamped[TILE_PIXELS];
+  alignas(64) float dot_f[TILE_PIXELS], dot_S[TILE_PIXELS];
   for (int kl = max_last - 1; kl >= 0; --kl) {
     const int k = start + kl;
     const int g = ids[k];
     const Splat s = load_splat(g, means2d, conics, opac, ext);
     const float* f = feats + static_cast<int64_t>(g) * C;
+    const Band band = splat_band(s, tg);
+    for (int p = band.p0; p < band.p1; ++p) {
+      const float dx = s.mx - tc.px[p], dy = s.my - tc.py[p];
+      const float sigma = 0.5f * (s.a * dx * dx + s.c * dy * dy) + s.b * dx * dy;
+      const float gs = exp_nonpos(-sigma);
+      const float al = std::min(ALPHA_MAX, s.opacity * gs);
+      const bool ok = (kl < last[p]) & (sigma >= 0.0f) & (al >= ALPHA_MIN);
+      const float inv = 1.0f / (1.0f - al);
+      const float t_before = T[p] * inv;  // transmittance in front of this Gaussian
+      dxs[p] = dx, dys[p] = dy, alpha[p] = al, gauss[p] = gs;
+      unclamped[p] = (ok & (s.opacity * gs < ALPHA_MAX)) ? 1.0f : 0.0f;
+      inv_one_minus[p] = ok ? inv : 0.0f;
+      Ti[p] = ok ? t_before : 0.0f;
+      w[p] = ok ? al * t_before : 0.0f;
+      T[p] = ok ? t_before : T[p];
+      dot_f[p] = 0.0f;
+      dot_S[p] = 0.0f;
+    }
+    for (int ch = 0; ch < C; ++ch) {
+      const float fc = f[ch];
+      const float* va = sc.v_acc.data() + ch * TILE_PIXELS;
+      float* S = sc.S.data() + ch * TILE_PIXELS;
+      float gf = 0.0f;
+      for (int p = band.p0; p < band.p1; ++p) {
+        dot_f[p] += fc * va[p];
+        dot_S[p] += S[p] * va[p];
+        gf += w[p] * va[p];
+        S[p] += w[p] * fc;  // S now includes this Gaussian for the ones in front of it
+      }
+      sc.grad_f[ch] = gf;
+    }
     float g_mx = 0, g_my = 0, g_a = 0, g_b = 0, g_c = 0, g_o = 0;
-    std::fill(sc.grad_f.begin(), sc.grad_f.end(), 0.0f);
-    int jlo, jhi;
-    row_range(s, tg.y0, tg.th, jlo, jhi);
-    for (int j = jlo; j <= jhi; ++j) {
-      const float py = tg.y0 + j + 0.5f;
-      if (!row_hits(s, py, x_first, x_last)) continue;
-      const float dy = s.my - py;
-      row_alpha(s, dy, tg.x0, ra);
-      float* Tr = T + j * TILE;
-      const int32_t* lr = last + j * TILE;
-      for (int i = 0; i < TILE; ++i) {
-        const float al = ra.alpha[i];
-        const bool ok = (kl < lr[i]) & (ra.sigma[i] >= 0.0f) & (al >= ALPHA_MIN);
-        const float inv = 1.0f / (1.0f - al);
-        const float t_before = Tr[i] * inv;
-        use[i] = ok;
-        unclamped[i] = ok & (s.opacity * ra.gauss[i] < ALPHA_MAX);
-        inv_one_minus[i] = ok ? inv : 0.0f;
-        Ti[i] = ok ? t_before : 0.0f;
-        w[i] = ok ? al * t_before : 0.0f;
-        Tr[i] = ok ? t_before : Tr[i];
-        dot_f[i] = 0.0f;
-        dot_S[i] = 0.0f;
-      }
-      for (int ch = 0; ch < C; ++ch) {
-        const float fc = f[ch];
-        const float* va = sc.v_acc.data() + ch * TILE_PIXELS + j * TILE;
-        float* Sr = sc.S.data() + ch * TILE_PIXELS + j * TILE;
-        float gf = 0.0f;
-        for (int i = 0; i < TILE; ++i) {
-          dot_f[i] += fc * va[i];
-          dot_S[i] += Sr[i] * va[i];
-          gf += w[i] * va[i];
-          Sr[i] += w[i] * fc;  // S now includes this Gaussian for the ones in front of it
-        }
-        sc.grad_f[ch] += gf;
-      }
-      const float* vt = vTT + j * TILE;
-      for (int i = 0; i < TILE; ++i) {
-        // d out / d alpha_i = f_i T_i - (S_i + T_final bg-term) / (1 - alpha_i)
-        const float v_alpha = dot_f[i] * Ti[i] - (dot_S[i] + vt[i]) * inv_one_minus[i];
-        const float v_sigma = unclamped[i] ? -v_alpha * ra.alpha[i] : 0.0f;
-        g_o += unclamped[i] ? v_alpha * ra.gauss[i] : 0.0f;
-        const float dx = ra.dx[i];
-        g_mx += v_sigma * (s.a * dx + s.b * dy);
-        g_my += v_sigma * (s.b * dx + s.c * dy);
-        g_a += 0.5f * v_sigma * dx * dx;
-        g_b += v_sigma * dx * dy;
-        g_c += 0.5f * v_sigma * dy * dy;
-      }
-      (void)use;
+    for (int p = band.p0; p < band.p1; ++p) {
+      // d out / d alpha = f T_before - (S_behind + T_final-terms) / (1 - alpha)
+      const float v_alpha = dot_f[p] * Ti[p] - (dot_S[p] + vTT[p]) * inv_one_minus[p];
+      const float v_sigma = -v_alpha * alpha[p] * unclamped[p];
+      g_o += v_alpha * gauss[p] * unclamped[p];
+      const float dx = dxs[p], dy = dys[p];
+      g_mx += v_sigma * (s.a * dx + s.b * dy);
+      g_my += v_sigma * (s.b * dx + s.c * dy);
+      g_a += 0.5f * v_sigma * dx * dx;
+      g_b += v_sigma * dx * dy;
+      g_c += 0.5f * v_sigma * dy * dy;
     }
     float* out = isect_grads + static_cast<int64_t>(k) * stride;
     out[0] = g_mx, out[1] = g_my, out[2] = g_a, out[3] = g_b, out[4] = g_c, out[5] = g_o;

@@ -1,0 +1,305 @@
+"""The synthetic subject's head: a textured triangle mesh lifted from one public-domain photo.
+
+The photo is scikit-image's ``astronaut`` (Eileen Collins, NASA, public domain). The bundled asset
+``assets/face/astronaut_head.png`` is an RGBA crop of it whose alpha is MediaPipe's person matte;
+``assets/face/astronaut_facemesh.npz`` holds the 478 FaceMesh landmarks of that crop (pixels; z in
+x's pixel scale) and the 852 triangles of MediaPipe's face tessellation (eyes and mouth are holes).
+Both were made once by :func:`build_face_asset` (``python -m talksplat.synthetic.template``); at
+run time nothing is detected, so the generator is fast, offline and identical on every machine.
+
+:func:`build_head_mesh` turns the asset into a :class:`HeadMesh` in photo pixel coordinates:
+face landmarks, a hair/neck outline from the matte, interior fill points, eye-opening triangles,
+and "teeth" triangles (the photo's mouth opening, rigid with the skull, drawn behind the lips).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy.spatial import Delaunay
+
+ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "face"
+PHOTO_FILE = ASSET_DIR / "astronaut_head.png"
+MESH_FILE = ASSET_DIR / "astronaut_facemesh.npz"
+
+# Crop of the 512x512 astronaut photo stored in the asset: x0, y0, x1, y1 (photo pixels).
+ASSET_CROP = (60, 0, 390, 300)
+
+NUM_FACE = 468  # landmarks used as mesh vertices (the 10 iris points are not)
+
+# Landmark index sets (MediaPipe 478-point numbering; "left"/"right" are the subject's).
+FACE_OVAL = (10, 109, 67, 103, 54, 21, 162, 127, 234, 93, 132, 58, 172, 136, 150, 149, 176, 148, 152,
+             377, 400, 378, 379, 365, 397, 288, 361, 323, 454, 356, 389, 251, 284, 332, 297, 338)
+JAW = (132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361)
+INNER_LIPS = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
+OUTER_LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
+UPPER_INNER_LIP = (191, 80, 81, 82, 13, 312, 311, 310, 415)   # pairs with LOWER_INNER_LIP
+LOWER_INNER_LIP = (95, 88, 178, 87, 14, 317, 402, 318, 324)
+UPPER_OUTER_LIP = (185, 40, 39, 37, 0, 267, 269, 270, 409)
+LOWER_OUTER_LIP = (146, 91, 181, 84, 17, 314, 405, 321, 375)
+MOUTH_CORNERS = (78, 308, 61, 291)
+RIGHT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
+LEFT_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
+RIGHT_UPPER_LID = (246, 161, 160, 159, 158, 157, 173)         # pairs with RIGHT_LOWER_LID
+RIGHT_LOWER_LID = (7, 163, 144, 145, 153, 154, 155)
+LEFT_UPPER_LID = (466, 388, 387, 386, 385, 384, 398)
+LEFT_LOWER_LID = (249, 390, 373, 374, 380, 381, 382)
+RIGHT_BROW = (70, 63, 105, 66, 107, 46, 53, 52, 65, 55)
+LEFT_BROW = (300, 293, 334, 296, 336, 276, 283, 282, 295, 285)
+UPPER_LIP_CENTER, LOWER_LIP_CENTER = 13, 14
+RIGHT_IRIS, LEFT_IRIS = 468, 473
+
+# Layers, drawn in this order (painter's algorithm); faces within LAYER_FACE are depth-sorted.
+LAYER_BACK, LAYER_TEETH, LAYER_FACE = 0, 1, 2
+
+# Pixel labels of the ground-truth label map.
+LABELS = {"background": 0, "torso": 1, "neck": 2, "hair": 3, "skin": 4, "eye_right": 5,
+          "eye_left": 6, "lips": 7, "inside_mouth": 8}
+FACE_LABELS = (4, 5, 6, 7)          # the face-mesh surface (inside the face oval, mouth excluded)
+
+
+@dataclass(frozen=True)
+class FaceAsset:
+    """The bundled photo crop, its matte and its landmarks (all in crop pixel coordinates)."""
+
+    rgba: np.ndarray          # (H, W, 4) uint8: RGB photo crop, alpha = person matte
+    landmarks: np.ndarray     # (478, 3) float32: x, y pixels; z in x's pixel scale
+    face_triangles: np.ndarray  # (852, 3) int32 indices into the landmarks
+
+
+@dataclass(frozen=True)
+class HeadMesh:
+    """A triangle mesh over the photo crop. Vertex rows: [0, 468) face landmarks, then
+    outline/fill points, then teeth copies of the inner-lip landmarks."""
+
+    uv: np.ndarray            # (N, 2) float32 texture coordinates = photo crop pixels
+    z_px: np.ndarray          # (N,) float32 depth offset in photo pixels (MediaPipe z scale)
+    attach: np.ndarray        # (N,) float32 1 = moves with the head, 0 = fixed to the torso
+    deformable: np.ndarray    # (N,) bool: takes part in mouth/eye/brow deformations
+    triangles: np.ndarray     # (M, 3) int32
+    layer: np.ndarray         # (M,) int8 LAYER_*
+    label: np.ndarray         # (M,) int8 LABELS value of the pixels it covers
+    teeth_index: np.ndarray   # (20,) int32 vertex rows of the teeth copies of INNER_LIPS
+    head_region: np.ndarray   # (H, W) bool photo pixels owned by the mesh (not the torso plate)
+    static_curve: np.ndarray  # (K, 2) float32 polyline where the neck joins the torso (attach 0)
+
+
+def photo_sha256() -> str:
+    """SHA-256 of scikit-image's astronaut.png as the asset was built from (for the NOTICE)."""
+    return "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5"
+
+
+@lru_cache(maxsize=1)
+def load_face_asset() -> FaceAsset:
+    """Load the bundled photo crop + matte and landmarks (no detection, no network)."""
+    bgra = cv2.imread(str(PHOTO_FILE), cv2.IMREAD_UNCHANGED)
+    if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4:
+        raise FileNotFoundError(f"bundled face photo missing or unreadable: {PHOTO_FILE}")
+    rgba = cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGBA)
+    with np.load(MESH_FILE) as data:
+        landmarks = data["landmarks"].astype(np.float32)
+        tris = data["face_triangles"].astype(np.int32)
+    rgba.setflags(write=False)
+    landmarks.setflags(write=False)
+    tris.setflags(write=False)
+    return FaceAsset(rgba, landmarks, tris)
+
+
+def _tessellation_triangles() -> np.ndarray:
+    """MediaPipe's face tessellation edges turned into its 852 triangles (holes at eyes/mouth)."""
+    from mediapipe.python.solutions.face_mesh_connections import FACEMESH_TESSELATION
+
+    edges = {tuple(sorted(e)) for e in FACEMESH_TESSELATION}
+    adj: dict[int, set[int]] = {}
+    for a, b in edges:
+        adj.setdefault(a, set()).add(b)
+        adj.setdefault(b, set()).add(a)
+    tris = {tuple(sorted((a, b, c))) for a, b in edges for c in adj[a] & adj[b]}
+    count: dict[tuple[int, int], int] = {}
+    for t in tris:
+        for e in ((t[0], t[1]), (t[0], t[2]), (t[1], t[2])):
+            count[e] = count.get(e, 0) + 1
+    # 3-cliques whose three edges are all shared by three cliques are not faces of the mesh.
+    faces = [t for t in tris if not all(count[e] == 3 for e in ((t[0], t[1]), (t[0], t[2]), (t[1], t[2])))]
+    return np.array(sorted(faces), dtype=np.int32)
+
+
+def build_face_asset(out_dir: Path = ASSET_DIR) -> tuple[Path, Path]:
+    """Rebuild the bundled asset from scikit-image's astronaut photo (needs mediapipe; offline)."""
+    from skimage import data as skdata
+
+    from talksplat.tracking.facemesh import FaceMeshTracker
+
+    photo = skdata.astronaut()
+    with FaceMeshTracker(static_image_mode=True) as tracker:
+        lms = tracker.process(photo)
+    if lms is None:
+        raise RuntimeError("FaceMesh found no face in the astronaut photo")
+    import mediapipe as mp
+
+    with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
+        matte = seg.process(photo).segmentation_mask.astype(np.float32)
+    x0, y0, x1, y1 = ASSET_CROP
+    rgba = np.dstack([photo, np.round(np.clip(matte, 0, 1) * 255).astype(np.uint8)])[y0:y1, x0:x1]
+    lms = lms.copy()
+    lms[:, 0] -= x0
+    lms[:, 1] -= y0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    photo_path, mesh_path = out_dir / PHOTO_FILE.name, out_dir / MESH_FILE.name
+    cv2.imwrite(str(photo_path), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    np.savez_compressed(mesh_path, landmarks=np.round(lms, 3).astype(np.float32),
+                        face_triangles=_tessellation_triangles().astype(np.int16))
+    return photo_path, mesh_path
+
+
+# ----------------------------------------------------------------------------------------------
+# Mesh construction
+
+def _inside(poly: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """(P,) bool: which of pts (P, 2) lie inside polygon poly (K, 2)."""
+    contour = poly.reshape(-1, 1, 2).astype(np.float32)
+    return np.array([cv2.pointPolygonTest(contour, (float(x), float(y)), False) > 0 for x, y in pts])
+
+
+def _resample_closed(curve: np.ndarray, step: float) -> np.ndarray:
+    """Points every ``step`` pixels along a closed polyline (K, 2)."""
+    pts = np.vstack([curve, curve[:1]]).astype(np.float64)
+    seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
+    s = np.concatenate([[0.0], np.cumsum(seg)])
+    n = max(int(s[-1] // step), 8)
+    t = np.linspace(0.0, s[-1], n, endpoint=False)
+    return np.stack([np.interp(t, s, pts[:, 0]), np.interp(t, s, pts[:, 1])], axis=1)
+
+
+def _dist_to_polyline(pts: np.ndarray, line: np.ndarray) -> np.ndarray:
+    """(P,) distance of points (P, 2) to an open polyline (K, 2)."""
+    a, b = line[:-1][None], line[1:][None]
+    p = pts[:, None]
+    ab = b - a
+    t = np.clip(((p - a) * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-9), 0.0, 1.0)
+    return np.linalg.norm(p - (a + t[..., None] * ab), axis=-1).min(axis=1)
+
+
+def _delaunay_inside(points: np.ndarray, poly: np.ndarray) -> np.ndarray:
+    """Delaunay triangles of ``points`` whose centroid lies inside ``poly``; (M, 3) int32."""
+    tri = Delaunay(points.astype(np.float64)).simplices
+    keep = _inside(poly, points[tri].mean(axis=1))
+    return tri[keep].astype(np.int32)
+
+
+@lru_cache(maxsize=1)
+def build_head_mesh() -> HeadMesh:
+    """Build the head/neck mesh over the bundled photo crop (deterministic, ~50 ms)."""
+    asset = load_face_asset()
+    lm = asset.landmarks
+    h, w = asset.rgba.shape[:2]
+    matte = asset.rgba[..., 3].astype(np.float32) / 255.0
+    xy = lm[:NUM_FACE, :2].astype(np.float64)
+    face_w = float(np.linalg.norm(xy[454] - xy[234]))
+
+    # The torso owns everything below a curve a little under the jaw; the mesh owns the rest of
+    # the person (hair, ears, the neck strip between jaw and curve).
+    drop = 0.13 * face_w
+    jaw = xy[list(JAW)] + np.array([0.0, drop])
+    side = 1.3 * face_w
+    static_curve = np.vstack([[jaw[0, 0] - side, jaw[0, 1]], jaw, [jaw[-1, 0] + side, jaw[-1, 1]]])
+    corridor = np.vstack([static_curve, [[static_curve[-1, 0], -h], [static_curve[0, 0], -h]]])
+    region = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(region, [np.round(corridor * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+    region &= (matte > 0.06).astype(np.uint8)
+    region = cv2.morphologyEx(region, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    outline = max(contours, key=cv2.contourArea)[:, 0, :].astype(np.float64)
+    outline = cv2.approxPolyDP(outline.astype(np.float32).reshape(-1, 1, 2), 0.6, True)[:, 0].astype(np.float64)
+    region_poly = outline
+    head_region = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(head_region, [np.round(region_poly).astype(np.int32)], 1)
+
+    step = 0.06 * face_w
+    boundary = _resample_closed(outline, step)
+    oval = xy[list(FACE_OVAL)]
+    # Keep outline points clear of the face oval (the mesh there comes from the landmarks).
+    d_oval = _dist_to_polyline(boundary, np.vstack([oval, oval[:1]]))
+    boundary = boundary[(d_oval > 0.4 * step) & ~_inside(oval, boundary)]
+    # Interior fill points on a grid, away from the outline and the face.
+    gstep = 0.12 * face_w
+    gx, gy = np.meshgrid(np.arange(0, w, gstep), np.arange(0, h, gstep))
+    grid = np.stack([gx.ravel(), gy.ravel()], axis=1)
+    inner = cv2.erode(head_region, np.ones((3, 3), np.uint8), iterations=max(int(0.5 * gstep), 1))
+    gi = np.clip(np.round(grid).astype(int), 0, [w - 1, h - 1])
+    grid = grid[inner[gi[:, 1], gi[:, 0]] > 0]
+    grid = grid[~_inside(oval, grid)]
+    grid = grid[_dist_to_polyline(grid, np.vstack([oval, oval[:1]])) > 0.5 * gstep]
+    extra = np.vstack([boundary, grid])
+
+    # Attachment to the head: 1 well above the static curve, fading to 0 on it.
+    d_static = _dist_to_polyline(extra, static_curve)
+    below = extra[:, 1] >= np.interp(extra[:, 0], static_curve[:, 0], static_curve[:, 1]) - 0.5
+    t = np.clip(d_static / (0.9 * drop), 0.0, 1.0)
+    extra_attach = np.where(below, 0.0, t * t * (3 - 2 * t))
+    # Hair and neck lie around the ear plane; the static curve near the jaw's depth.
+    z_back = float(np.mean(lm[[234, 454, 127, 356, 93, 323], 2]))
+    z_jaw = float(np.mean(lm[list(JAW), 2]))
+    extra_z = np.where(extra_attach > 0.999, z_back, z_jaw + (z_back - z_jaw) * extra_attach)
+
+    n_face, n_extra = NUM_FACE, len(extra)
+    teeth_index = np.arange(n_face + n_extra, n_face + n_extra + len(INNER_LIPS), dtype=np.int32)
+    uv = np.vstack([xy, extra, xy[list(INNER_LIPS)]]).astype(np.float32)
+    z_px = np.concatenate([lm[:NUM_FACE, 2], extra_z, lm[list(INNER_LIPS), 2]]).astype(np.float32)
+    attach = np.concatenate([np.ones(n_face), extra_attach, np.ones(len(INNER_LIPS))]).astype(np.float32)
+    deformable = np.zeros(len(uv), bool)
+    deformable[:n_face] = True
+
+    # Triangles. Back layer: Delaunay over the oval + outline + fill points, clipped to the
+    # region (it also covers the face, as an under-layer that hides any crack).
+    back_ids = np.concatenate([np.array(FACE_OVAL), n_face + np.arange(n_extra)])
+    back_local = _delaunay_inside(uv[back_ids].astype(np.float64), region_poly)
+    back_tris = back_ids[back_local]
+    cent = uv[back_tris].mean(axis=1)
+    in_oval = _inside(oval, cent)
+    back_attach = attach[back_tris].min(axis=1)
+    back_label = np.where(in_oval, LABELS["skin"], np.where(back_attach > 0.999, LABELS["hair"], LABELS["neck"]))
+
+    # Face layer: MediaPipe's tessellation + eye openings (its holes), labelled by region.
+    eye_r = _delaunay_inside(xy[list(RIGHT_EYE)], xy[list(RIGHT_EYE)])
+    eye_l = _delaunay_inside(xy[list(LEFT_EYE)], xy[list(LEFT_EYE)])
+    eye_r_tris = np.array(RIGHT_EYE)[eye_r]
+    eye_l_tris = np.array(LEFT_EYE)[eye_l]
+    face_tris = asset.face_triangles
+    fc = xy[face_tris].mean(axis=1)
+    face_label = np.where(_inside(xy[list(OUTER_LIPS)], fc), LABELS["lips"], LABELS["skin"])
+    # Teeth: the photo's mouth opening, on its own vertex copies (rigid with the skull).
+    inner = xy[list(INNER_LIPS)]
+    teeth_local = _delaunay_inside(inner, inner)
+    teeth_tris = teeth_index[teeth_local]
+
+    triangles = np.vstack([back_tris, teeth_tris, face_tris, eye_r_tris, eye_l_tris]).astype(np.int32)
+    layer = np.concatenate([np.full(len(back_tris), LAYER_BACK), np.full(len(teeth_tris), LAYER_TEETH),
+                            np.full(len(face_tris) + len(eye_r_tris) + len(eye_l_tris), LAYER_FACE)])
+    label = np.concatenate([back_label, np.full(len(teeth_tris), LABELS["inside_mouth"]), face_label,
+                            np.full(len(eye_r_tris), LABELS["eye_right"]),
+                            np.full(len(eye_l_tris), LABELS["eye_left"])])
+    # Orient every triangle counter-clockwise in the photo (lets the renderer cull folded ones).
+    p = uv[triangles].astype(np.float64)
+    cross = (p[:, 1, 0] - p[:, 0, 0]) * (p[:, 2, 1] - p[:, 0, 1]) - (p[:, 1, 1] - p[:, 0, 1]) * (p[:, 2, 0] - p[:, 0, 0])
+    flip = cross < 0
+    triangles[flip] = triangles[flip][:, ::-1]
+
+    return HeadMesh(uv=uv, z_px=z_px, attach=attach, deformable=deformable, triangles=triangles,
+                    layer=layer.astype(np.int8), label=label.astype(np.int8), teeth_index=teeth_index,
+                    head_region=head_region.astype(bool), static_curve=static_curve.astype(np.float32))
+
+
+def asset_sha256() -> dict[str, str]:
+    """SHA-256 of the bundled face files (recorded in the generator's metadata)."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (PHOTO_FILE, MESH_FILE)}
+
+
+if __name__ == "__main__":  # pragma: no cover - maintenance entry point
+    for path in build_face_asset():
+        print(f"wrote {path} ({path.stat().st_size} bytes)")
