@@ -31,7 +31,7 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     lib.ts_project_backward.argtypes = [_I, _P, _P, _P, _P, _P, _I, _I, _F, _P, _P, _P, _P, _P, _P, _P, _I]
     lib.ts_count_tiles.argtypes = [_I, _P, _P, _I, _I, _P, _I]
     lib.ts_count_tiles.restype = _I64
-    lib.ts_bin_tiles.argtypes = [_I, _P, _P, _P, _P, _I, _I, _P, _P, _P, _P]
+    lib.ts_bin_tiles.argtypes = [_I, _P, _P, _P, _P, _I, _I, _P, _P, _P, _P, _I]
     lib.ts_rasterize_forward.argtypes = [_I, _I, _P, _P, _P, _P, _P, _I, _I, _P, _P, _P, _P, _P, _I]
     lib.ts_rasterize_backward.argtypes = [_I, _I, _P, _P, _P, _P, _P, _I, _I, _P, _P, _P, _P, _P, _P,
                                           _P, _P, _P, _P, _P, _P, _P, _I]
@@ -128,7 +128,7 @@ def bin_tiles(means2d: Tensor, ext: Tensor, depths: Tensor, width: int, height: 
         counts=counts,
     )
     lib().ts_bin_tiles(n, ptr(m2), ptr(e), ptr(d), ptr(counts), width, height, ptr(bins.tile_offsets),
-                       ptr(bins.ids), ptr(bins.perm), ptr(bins.goff))
+                       ptr(bins.ids), ptr(bins.perm), ptr(bins.goff), _threads())
     return bins
 
 

@@ -19,7 +19,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
+
+#include <omp.h>
 
 namespace {
 
@@ -550,7 +553,7 @@ int64_t ts_count_tiles(int n, const float* means2d, const float* ext, int width,
 // Gaussian g's pairs sit at ids positions perm[goff[g] : goff[g] + counts[g]].
 void ts_bin_tiles(int n, const float* means2d, const float* ext, const float* depths,
                   const int32_t* counts, int width, int height, int32_t* tile_offsets, int32_t* ids,
-                  int32_t* perm, int64_t* goff) {
+                  int32_t* perm, int64_t* goff, int nthreads) {
   const int tiles_x = (width + TILE - 1) / TILE, tiles_y = (height + TILE - 1) / TILE;
   const int n_tiles = tiles_x * tiles_y;
   std::vector<int32_t> order;
@@ -572,15 +575,24 @@ void ts_bin_tiles(int n, const float* means2d, const float* ext, const float* de
   }
   for (int t = 0; t < n_tiles; ++t) cursor[t + 1] += cursor[t];
   std::copy(cursor.begin(), cursor.end(), tile_offsets);
-  for (int32_t g : order) {
-    const TileRect r = tile_rect(means2d + 2 * g, ext + 2 * g, width, height);
-    int64_t e = goff[g];
-    for (int ty = r.y0; ty <= r.y1; ++ty)
-      for (int tx = r.x0; tx <= r.x1; ++tx) {
-        const int32_t k = cursor[ty * tiles_x + tx]++;
-        ids[k] = g;
-        perm[e++] = k;
-      }
+  // Each thread owns a band of tile rows and scans all Gaussians front to back, so every tile's
+  // list stays depth-sorted and no two threads write the same cursor.
+#pragma omp parallel num_threads(nthreads)
+  {
+    const int n_threads = omp_get_num_threads(), me = omp_get_thread_num();
+    const int row_lo = tiles_y * me / n_threads, row_hi = tiles_y * (me + 1) / n_threads - 1;
+    for (int32_t g : order) {
+      const TileRect r = tile_rect(means2d + 2 * g, ext + 2 * g, width, height);
+      const int y_lo = std::max(r.y0, row_lo), y_hi = std::min(r.y1, row_hi);
+      if (y_lo > y_hi) continue;
+      int64_t e = goff[g] + static_cast<int64_t>(y_lo - r.y0) * (r.x1 - r.x0 + 1);
+      for (int ty = y_lo; ty <= y_hi; ++ty)
+        for (int tx = r.x0; tx <= r.x1; ++tx) {
+          const int32_t k = cursor[ty * tiles_x + tx]++;
+          ids[k] = g;
+          perm[e++] = k;
+        }
+    }
   }
 }
 
@@ -617,21 +629,22 @@ void ts_rasterize_backward(int n, int C, const float* means2d, const float* coni
   const int n_tiles = tiles_x * tiles_y;
   const int stride = N_GEOM_GRADS + C;
   const int64_t n_isects = tile_offsets[n_tiles];
-  std::vector<float> isect_grads(static_cast<size_t>(n_isects) * stride);
+  // Uninitialised on purpose: every slot is written by its tile (zeros for unreached Gaussians).
+  std::unique_ptr<float[]> isect_grads(new float[static_cast<size_t>(n_isects) * stride]);
 #pragma omp parallel num_threads(nthreads)
   {
     BackwardScratch scratch(C);
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < n_tiles; ++t)
       backward_tile(t, tiles_x, width, height, C, means2d, conics, opac, feats, ext, tile_offsets, ids,
-                    T_final, last, v_acc, v_T, isect_grads.data(), scratch);
+                    T_final, last, v_acc, v_T, isect_grads.get(), scratch);
 #pragma omp for schedule(static)
     for (int g = 0; g < n; ++g) {
       float sum[N_GEOM_GRADS] = {};
       float* vf = v_feats + static_cast<int64_t>(g) * C;
       std::fill(vf, vf + C, 0.0f);
       for (int64_t e = goff[g]; e < goff[g] + counts[g]; ++e) {
-        const float* src = isect_grads.data() + static_cast<int64_t>(perm[e]) * stride;
+        const float* src = isect_grads.get() + static_cast<int64_t>(perm[e]) * stride;
         for (int c = 0; c < N_GEOM_GRADS; ++c) sum[c] += src[c];
         for (int ch = 0; ch < C; ++ch) vf[ch] += src[N_GEOM_GRADS + ch];
       }
