@@ -10,7 +10,7 @@ from talksplat import __version__
 from talksplat.errors import TalksplatError
 
 # Subcommand modules, each exposing register(subparsers) that sets ``func`` on its parser.
-SUBCOMMANDS = ("talksplat.cli.doctor", "talksplat.cli.demo")
+SUBCOMMANDS = ("talksplat.cli.doctor", "talksplat.cli.demo", "talksplat.cli.synth")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from talksplat.synthetic import template as T
-from talksplat.synthetic.rig import Camera, HeadRig
+from talksplat.synthetic.rig import HeadRig
 
 CAVITY_LABEL = T.LABELS["inside_mouth"]
 NUM_LABELS = len(T.LABELS)

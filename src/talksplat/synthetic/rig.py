@@ -112,7 +112,7 @@ class HeadRig:
         face_w = float(np.linalg.norm(lm[454, :2] - lm[234, :2]))
         eyes = (lm[33, :2] + lm[263, :2]) / 2
         crop = framing * face_w
-        centre = eyes + np.array([0.0, 0.42 * face_w])
+        centre = eyes + np.array([0.0, 0.36 * face_w])
         # The photo's own camera: the output camera is a crop of it, scaled by k.
         k = camera.width / crop
         self.photo_to_image = (k, centre)   # u_img = k * (u_photo - centre) + (cx, cy)

@@ -129,6 +129,34 @@ def _tessellation_triangles() -> np.ndarray:
     return np.array(sorted(faces), dtype=np.int32)
 
 
+def _refine_matte(photo: np.ndarray, matte: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """Tighten the segmentation matte near its edge where pixels match the local backdrop colour,
+    and align it with the photo's edges (guided filter).
+
+    photo (H, W, 3) uint8, matte (H, W) float in [0, 1] -> refined (H, W) float32. The face oval
+    is kept opaque (bright skin must not be mistaken for the light backdrop)."""
+    rgb = photo.astype(np.float32)
+    bg = (matte < 0.05).astype(np.float32)
+    num = cv2.GaussianBlur(rgb * bg[..., None], (0, 0), 12)
+    den = cv2.GaussianBlur(bg, (0, 0), 12)
+    local_bg = num / np.maximum(den, 1e-4)[..., None]
+    dist = np.linalg.norm(rgb - local_bg, axis=2)
+    t = np.clip((dist - 14.0) / 26.0, 0.0, 1.0)
+    fg = t * t * (3 - 2 * t)
+    inside = cv2.distanceTransform((matte > 0.5).astype(np.uint8), cv2.DIST_L2, 5)
+    near = (inside < 30) & (den > 0.02)
+    out = np.where(near, matte * fg, matte).astype(np.float32)
+    out = cv2.morphologyEx(out, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    out = cv2.GaussianBlur(out, (0, 0), 0.7)
+    # Snap the soft segmentation edge to the photo's edges, then steepen it (no dark halos).
+    out = np.clip(cv2.ximgproc.guidedFilter(photo, out, 4, (0.02 * 255) ** 2), 0.0, 1.0)
+    t = np.clip((out - 0.2) / 0.6, 0.0, 1.0)
+    out = (t * t * (3 - 2 * t)).astype(np.float32)
+    oval = np.zeros(matte.shape, np.uint8)
+    cv2.fillPoly(oval, [np.round(landmarks[list(FACE_OVAL), :2]).astype(np.int32)], 1)
+    return np.maximum(out, oval.astype(np.float32))
+
+
 def build_face_asset(out_dir: Path = ASSET_DIR) -> tuple[Path, Path]:
     """Rebuild the bundled asset from scikit-image's astronaut photo (needs mediapipe; offline)."""
     from skimage import data as skdata
@@ -144,6 +172,7 @@ def build_face_asset(out_dir: Path = ASSET_DIR) -> tuple[Path, Path]:
 
     with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
         matte = seg.process(photo).segmentation_mask.astype(np.float32)
+    matte = _refine_matte(photo, matte, lms)
     x0, y0, x1, y1 = ASSET_CROP
     rgba = np.dstack([photo, np.round(np.clip(matte, 0, 1) * 255).astype(np.uint8)])[y0:y1, x0:x1]
     lms = lms.copy()

@@ -1,0 +1,27 @@
+"""Face tracking: landmark detection on images and video frames."""
+
+from talksplat.tracking.facemesh import (
+    INNER_LIPS,
+    LEFT_EYE,
+    LEFT_IRIS_CENTER,
+    NUM_LANDMARKS,
+    OUTER_LIPS,
+    RIGHT_EYE,
+    RIGHT_IRIS_CENTER,
+    FaceMeshTracker,
+    detection_rate,
+    track_frames,
+)
+
+__all__ = [
+    "INNER_LIPS",
+    "LEFT_EYE",
+    "LEFT_IRIS_CENTER",
+    "NUM_LANDMARKS",
+    "OUTER_LIPS",
+    "RIGHT_EYE",
+    "RIGHT_IRIS_CENTER",
+    "FaceMeshTracker",
+    "detection_rate",
+    "track_frames",
+]

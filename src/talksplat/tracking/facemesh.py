@@ -1,0 +1,94 @@
+"""A thin wrapper over MediaPipe FaceMesh (478 landmarks with irises), returning pixel coordinates.
+
+MediaPipe 0.10.21 ships the FaceMesh model inside its wheel, so this works offline. Landmarks are
+returned as (478, 3) float32: x, y in pixels of the input image (x right, y down, pixel centres at
+integer coordinates minus 0.5 as MediaPipe normalises by the image size) and z in the same pixel
+scale as x (relative depth, smaller = closer to the camera, origin near the head centre).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Self
+
+import numpy as np
+
+NUM_LANDMARKS = 478
+
+# Index sets of the 478-point mesh (MediaPipe numbering; "left" = the subject's left).
+INNER_LIPS = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
+OUTER_LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
+RIGHT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
+LEFT_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
+RIGHT_IRIS_CENTER, LEFT_IRIS_CENTER = 468, 473
+
+
+def _quiet_mediapipe_logs() -> None:
+    # absl/glog messages from the C++ graph are noise for users; keep warnings and errors of Python.
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class FaceMeshTracker:
+    """MediaPipe FaceMesh with ``refine_landmarks=True`` (478 points), one face.
+
+    Use ``static_image_mode=True`` for unrelated images and False for video frames in order
+    (then MediaPipe tracks from the previous frame and re-detects only when it loses the face).
+    """
+
+    def __init__(self, static_image_mode: bool = False, min_detection_confidence: float = 0.5,
+                 min_tracking_confidence: float = 0.5) -> None:
+        _quiet_mediapipe_logs()
+        import mediapipe as mp  # imported lazily: it is slow to import and pulls in a lot
+
+        self._mesh = mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=static_image_mode, max_num_faces=1, refine_landmarks=True,
+            min_detection_confidence=min_detection_confidence,
+            min_tracking_confidence=min_tracking_confidence)
+
+    def process(self, image: np.ndarray) -> np.ndarray | None:
+        """Landmarks of the most prominent face in ``image`` ((H, W, 3) uint8 RGB).
+
+        Returns:
+            (478, 3) float32 pixel landmarks, or None when no face is found.
+        """
+        image = np.ascontiguousarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        h, w = image.shape[:2]
+        result = self._mesh.process(image)
+        if not result.multi_face_landmarks:
+            return None
+        lms = result.multi_face_landmarks[0].landmark
+        out = np.array([(p.x * w, p.y * h, p.z * w) for p in lms], dtype=np.float32)
+        return out
+
+    __call__ = process
+
+    def close(self) -> None:
+        """Release the MediaPipe graph."""
+        self._mesh.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def track_frames(frames: Iterable[np.ndarray], static_image_mode: bool = False) -> list[np.ndarray | None]:
+    """Run FaceMesh over consecutive frames (each (H, W, 3) uint8 RGB).
+
+    Returns:
+        one entry per frame: (478, 3) float32 pixel landmarks, or None where no face was found.
+    """
+    with FaceMeshTracker(static_image_mode=static_image_mode) as tracker:
+        return [tracker.process(frame) for frame in frames]
+
+
+def detection_rate(landmarks: list[np.ndarray | None]) -> float:
+    """Fraction of frames with a detected face (0.0 for an empty list)."""
+    return sum(lm is not None for lm in landmarks) / len(landmarks) if landmarks else 0.0
