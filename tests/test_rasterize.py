@@ -185,3 +185,17 @@ def test_gsplat_backend_matches_cpu():  # pragma: no cover - no GPU in CI
     gpu_out = rasterize(*cuda, viewmat.cuda(), K.cuda(), width, height, backend="auto")
     assert gpu_out.meta["backend"] == "gsplat"
     assert (gpu_out.image.cpu() - cpu_out.image).abs().max() < 2e-2
+
+
+@needs_cpu_kernel
+def test_non_finite_gaussians_are_culled_not_rendered():
+    scene = _small_scene(seed=9)
+    means = scene.means.clone()
+    means[0] = float("nan")
+    means[1, 2] = float("inf")
+    scales = scene.scales.clone()
+    scales[2] = float("nan")
+    broken = Scene(means, scene.quats, scales, *scene.gaussians()[3:], *scene.camera())
+    out, _ = _render(broken, "cpu")
+    assert torch.isfinite(out.image).all() and torch.isfinite(out.alpha).all()
+    assert not out.meta["visible"][:3].any()

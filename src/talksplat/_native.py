@@ -23,11 +23,15 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-# -ffast-math lets GCC vectorise the pixel loops; -march=native was 1.45x faster than a generic
-# x86-64-v3 build in trials, and is safe because the cache key includes the CPU's flags. On CPUs
-# with AVX-512, GCC still prefers 256-bit vectors unless told otherwise; 512-bit made the rasterizer
-# 1.4-1.5x faster here (benchmarks/rasterizer.py). The flag is a no-op elsewhere.
-BASE_FLAGS = ("-O3", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c++17", "-fno-math-errno")
+# -ffast-math lets GCC vectorise the pixel loops (the alpha clamp and exp need finite-math to
+# become SIMD). It is given only when compiling, never when linking: a shared library *linked* with
+# -ffast-math pulls in crtfastmath.o, which switches the whole process to flush-subnormals-to-zero
+# when loaded and silently changes numpy's and torch's results (tests/test_native.py checks this).
+# -march=native was 1.45x faster than a generic x86-64-v3 build in trials, and is safe because the
+# cache key includes the CPU's flags. On CPUs with AVX-512, GCC still prefers 256-bit vectors
+# unless told otherwise; 512-bit made the rasterizer 1.4-1.5x faster here. No-op elsewhere.
+COMPILE_FLAGS = ("-O3", "-ffast-math", "-fopenmp", "-fPIC", "-std=c++17")
+LINK_FLAGS = ("-shared", "-fopenmp")
 NATIVE_ARCH_FLAGS = ("-march=native", "-mprefer-vector-width=512")
 
 
@@ -104,23 +108,28 @@ def build_library(name: str, sources: list[Path]) -> Path:
     cxx = find_compiler()
     if cxx is None:
         raise NativeUnavailable("no C++ compiler found (install g++, e.g. `apt install g++`)")
-    flags = BASE_FLAGS + _arch_flags(cxx)
-    key = _build_key(sources, flags, cxx)
+    flags = COMPILE_FLAGS + _arch_flags(cxx)
+    key = _build_key(sources, flags + LINK_FLAGS, cxx)
     target = cache_dir() / "kernels" / f"{name}-{key}" / f"lib{name}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Build into a temp file and rename: a concurrent or killed build never leaves a broken .so.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    cmd = [cxx, *flags, *map(str, sources), "-o", tmp]
+    # Build in a temp folder and rename: a concurrent or killed build never leaves a broken .so.
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp_dir:
+        objects = [Path(tmp_dir) / f"{i}.o" for i in range(len(sources))]
+        for src, obj in zip(sources, objects):
+            _run_compiler([cxx, *flags, "-c", str(src), "-o", str(obj)], name)
+        tmp = Path(tmp_dir) / target.name
+        _run_compiler([cxx, *map(str, objects), *LINK_FLAGS, "-o", str(tmp)], name)
+        os.replace(tmp, target)
+    return target
+
+
+def _run_compiler(cmd: list[str], name: str) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        os.unlink(tmp)
         first_error = next((ln for ln in result.stderr.splitlines() if "error" in ln), result.stderr[:200])
         raise NativeUnavailable(f"building {name} failed: {first_error.strip()}")
-    os.replace(tmp, target)
-    return target
 
 
 @functools.cache

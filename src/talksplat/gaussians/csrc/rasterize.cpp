@@ -63,6 +63,15 @@ inline float power_limit(float opacity) {
   return opacity < ALPHA_MIN ? 0.0f : 2.0f * std::log(opacity / ALPHA_MIN) + EXTENT_MARGIN;
 }
 
+// Bit-level check: the kernels are compiled with -ffast-math, under which std::isfinite and NaN
+// comparisons may be optimised away, but degenerate inputs (NaN/inf from a diverged optimisation)
+// must still be culled rather than produce garbage tile ranges.
+inline bool is_finite(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  return (bits & 0x7f800000u) != 0x7f800000u;
+}
+
 struct Mat3 {
   float m[3][3];
 };
@@ -417,14 +426,16 @@ void ts_project_forward(int n, const float* means, const float* quats, const flo
     conics[3 * g] = P.conic[0], conics[3 * g + 1] = P.conic[1], conics[3 * g + 2] = P.conic[2];
     depths[g] = z;
     float ex = 0.0f, ey = 0.0f;
-    if (z > near_plane && z < far_plane && limit > 0.0f) {
+    const bool finite = is_finite(z) && is_finite(P.mean2d[0]) && is_finite(P.mean2d[1]) &&
+                        is_finite(P.cov2d[0]) && is_finite(P.cov2d[2]) && is_finite(P.conic[1]);
+    if (finite && z > near_plane && z < far_plane && limit > 0.0f) {
       ex = std::sqrt(limit * P.cov2d[0]);
       ey = std::sqrt(limit * P.cov2d[2]);
       const float e[2] = {ex, ey};
       const TileRect r = tile_rect(P.mean2d, e, width, height);
       if (r.x0 > r.x1) ex = ey = 0.0f;
     }
-    if (!(ex > 0.0f)) {  // also catches NaN from degenerate inputs
+    if (!(is_finite(ex) && is_finite(ey) && ex > 0.0f)) {
       ex = ey = 0.0f;
       conics[3 * g] = conics[3 * g + 1] = conics[3 * g + 2] = 0.0f;
       means2d[2 * g] = means2d[2 * g + 1] = 0.0f;
