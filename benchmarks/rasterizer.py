@@ -37,6 +37,7 @@ MIN_SPEEDUP_FWD_BWD = 30.0
 
 def run_case(backend: str, n: int, res: int, threads: int, repeats: int) -> dict:
     """Runs inside the child process."""
+    import talksplat  # noqa: F401  - first, so its OpenMP settings apply as they do for users
     import torch
 
     from talksplat.gaussians import rasterize
@@ -89,12 +90,16 @@ def spawn(backend: str, n: int, res: int, threads: int, repeats: int) -> dict:
 
 
 def machine_info() -> dict:
+    import os
+
     import torch
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
     return {"cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "talksplat default (PASSIVE)"),
+            "load_average_at_end": os.getloadavg()}
 
 
 def fmt(value, digits=1):
