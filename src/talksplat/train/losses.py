@@ -1,0 +1,54 @@
+"""Image losses shared by every recipe."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_C1 = 0.01**2
+SSIM_C2 = 0.03**2
+
+
+@functools.cache
+def _gaussian_kernel(size: int, sigma: float) -> Tensor:
+    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    k = torch.exp(-x.square() / (2 * sigma**2))
+    return k / k.sum()
+
+
+def _blur(x: Tensor, kernel: Tensor) -> Tensor:
+    """Separable Gaussian blur of x[B, C, H, W] (two 1D passes: ~2x faster than an 11x11 window)."""
+    c = x.shape[1]
+    kx = kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1)
+    ky = kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1)
+    pad = kernel.shape[0] // 2
+    x = F.conv2d(F.pad(x, (pad, pad, 0, 0), mode="reflect"), kx, groups=c)
+    return F.conv2d(F.pad(x, (0, 0, pad, pad), mode="reflect"), ky, groups=c)
+
+
+def ssim(img: Tensor, ref: Tensor) -> Tensor:
+    """Mean SSIM of img[H, W, C] vs ref[H, W, C] in [0, 1] (Gaussian window, sigma 1.5, as the papers)."""
+    x, y = (t.permute(2, 0, 1)[None] for t in (img, ref))
+    k = _gaussian_kernel(SSIM_WINDOW, SSIM_SIGMA).to(x.dtype)
+    mu_x, mu_y = _blur(x, k), _blur(y, k)
+    sxx = _blur(x * x, k) - mu_x.square()
+    syy = _blur(y * y, k) - mu_y.square()
+    sxy = _blur(x * y, k) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + SSIM_C1) * (2 * sxy + SSIM_C2)
+    den = (mu_x.square() + mu_y.square() + SSIM_C1) * (sxx + syy + SSIM_C2)
+    return (num / den).mean()
+
+
+def l1_dssim(img: Tensor, ref: Tensor, dssim_weight: float = 0.2) -> Tensor:
+    """3DGS photometric loss: (1 - w) L1 + w (1 - SSIM)."""
+    return (1 - dssim_weight) * (img - ref).abs().mean() + dssim_weight * (1 - ssim(img, ref))
+
+
+def psnr(img: Tensor, ref: Tensor) -> float:
+    mse = (img.detach().clamp(0, 1) - ref).square().mean().item()
+    return float("inf") if mse == 0 else -10.0 * torch.log10(torch.tensor(mse)).item()
