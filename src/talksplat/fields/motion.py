@@ -1,0 +1,154 @@
+"""Grid-based motion fields: point-wise deformation of Gaussians conditioned on audio and expression.
+
+TalkingGaussian (eqs. 3-6): each Gaussian's canonical centre is encoded by a tri-plane hash grid;
+region attention vectors computed from that encoding weight the audio and expression conditions per
+position; an MLP maps [encoding, weighted audio, weighted expression] to a deformation
+(delta position, delta log-scale, delta quaternion) added to the raw Gaussian parameters.
+
+The face branch predicts all three and is conditioned on audio + the 7 expression coefficients; the
+inside-mouth branch predicts only delta position from audio with a lighter grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from talksplat.fields.hashgrid import HashGridConfig, TriPlaneHashEncoding
+
+DEFORM_OUTPUTS = {"position": 3, "scale": 3, "rotation": 4}
+
+
+@dataclass
+class MotionFieldConfig:
+    grid: HashGridConfig = field(default_factory=lambda: HashGridConfig(log2_hashmap_size=14))
+    audio_dim: int = 32
+    expression_dim: int = 7
+    hidden: int = 64
+    layers: int = 3
+    attention_hidden: int = 32
+    outputs: tuple[str, ...] = ("position", "scale", "rotation")
+    # Canonical centres are mapped into the grid's [-bound, bound]^3 by this box, set from the
+    # initial Gaussians and padded, so growth during training stays inside the grid.
+    box_padding: float = 0.2
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, layers: int) -> nn.Sequential:
+    dims = [in_dim] + [hidden] * (layers - 1) + [out_dim]
+    modules: list[nn.Module] = []
+    for i in range(len(dims) - 1):
+        modules.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            modules.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*modules)
+
+
+@dataclass
+class Deformation:
+    """Per-Gaussian offsets to the raw parameters (zeros where a branch does not predict them)."""
+
+    d_means: Tensor   # [N, 3]
+    d_log_scales: Tensor  # [N, 3]
+    d_quats: Tensor   # [N, 4]
+
+
+class MotionField(nn.Module):
+    """forward(canonical_means[N, 3], audio[A], expression[E]) -> Deformation."""
+
+    def __init__(self, config: MotionFieldConfig, box_min: Tensor, box_max: Tensor) -> None:
+        super().__init__()
+        self.config = config
+        unknown = set(config.outputs) - set(DEFORM_OUTPUTS)
+        if unknown:
+            raise ValueError(f"unknown deformation outputs {sorted(unknown)}; use {sorted(DEFORM_OUTPUTS)}")
+        pad = (box_max - box_min) * config.box_padding
+        self.register_buffer("box_min", (box_min - pad).float())
+        self.register_buffer("box_max", (box_max + pad).float())
+        self.encoding = TriPlaneHashEncoding(config.grid)
+        enc = self.encoding.output_dim
+        self.audio_attention = mlp(enc, config.attention_hidden, config.audio_dim, 2)
+        self.expression_attention = (mlp(enc, config.attention_hidden, config.expression_dim, 2)
+                                     if config.expression_dim else None)
+        out_dim = sum(DEFORM_OUTPUTS[name] for name in config.outputs)
+        self.head = mlp(enc + config.audio_dim + config.expression_dim, config.hidden, out_dim, config.layers)
+        # Start from the identity deformation: stage 2 begins where the static stage ended.
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def normalise(self, means: Tensor) -> Tensor:
+        bound = self.config.grid.bound
+        unit = (means - self.box_min) / (self.box_max - self.box_min)
+        return (unit * 2 - 1) * bound
+
+    def forward(self, canonical_means: Tensor, audio: Tensor, expression: Tensor | None = None) -> Deformation:
+        # The canonical positions are learned by the static stage; the motion field treats them as
+        # inputs, so no gradient flows into them through the grid.
+        encoded = self.encoding(self.normalise(canonical_means.detach()), input_gradients=False)
+        n = encoded.shape[0]
+        conditions = [audio.expand(n, -1) * self.audio_attention(encoded)]
+        if self.expression_attention is not None:
+            if expression is None:
+                raise ValueError("this motion field needs expression coefficients")
+            conditions.append(expression.expand(n, -1) * self.expression_attention(encoded))
+        raw = self.head(torch.cat([encoded, *conditions], dim=-1))
+        return self._split(raw, n)
+
+    def _split(self, raw: Tensor, n: int) -> Deformation:
+        parts = dict(zip(self.config.outputs, raw.split([DEFORM_OUTPUTS[o] for o in self.config.outputs], -1)))
+        zeros = {name: raw.new_zeros(n, dim) for name, dim in DEFORM_OUTPUTS.items()}
+        return Deformation(d_means=parts.get("position", zeros["position"]),
+                           d_log_scales=parts.get("scale", zeros["scale"]),
+                           d_quats=parts.get("rotation", zeros["rotation"]))
+
+    def region_attention(self, canonical_means: Tensor) -> dict[str, Tensor]:
+        """Per-Gaussian attention magnitudes (for visualising which regions follow which signal)."""
+        with torch.no_grad():
+            encoded = self.encoding(self.normalise(canonical_means), input_gradients=False)
+            out = {"audio": self.audio_attention(encoded).abs().mean(-1)}
+            if self.expression_attention is not None:
+                out["expression"] = self.expression_attention(encoded).abs().mean(-1)
+        return out
+
+
+@dataclass
+class AudioEncoderConfig:
+    input_dim: int = 80      # per-step audio feature size (80 log-mel bands, or 40 phones, ...)
+    window: int = 16         # steps per video frame window
+    out_dim: int = 32
+    smoothing_frames: int = 8  # temporal attention window over neighbouring video frames
+
+
+class AudioEncoder(nn.Module):
+    """(T, window, input_dim) audio windows -> (T, out_dim) codes, then temporal attention over
+    ``smoothing_frames`` neighbouring frames (ER-NeRF/TalkingGaussian's AudioNet + AudioAttNet)."""
+
+    def __init__(self, config: AudioEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config.input_dim
+        self.conv = nn.Sequential(
+            nn.Conv1d(c, 64, 3, stride=2, padding=1), nn.LeakyReLU(0.02, True),
+            nn.Conv1d(64, 64, 3, stride=2, padding=1), nn.LeakyReLU(0.02, True),
+            nn.Conv1d(64, 64, 3, stride=2, padding=1), nn.LeakyReLU(0.02, True),
+        )
+        self.fc = nn.Sequential(nn.Linear(64 * ((config.window + 7) // 8), 64), nn.LeakyReLU(0.02, True),
+                                nn.Linear(64, config.out_dim))
+        self.attention = nn.Sequential(
+            nn.Conv1d(config.out_dim, 16, 3, padding=1), nn.LeakyReLU(0.02, True),
+            nn.Conv1d(16, 1, 3, padding=1),
+        )
+
+    def encode(self, windows: Tensor) -> Tensor:
+        """windows[T, window, input_dim] -> codes[T, out_dim]."""
+        x = self.conv(windows.transpose(1, 2))
+        return self.fc(x.flatten(1))
+
+    def forward(self, windows: Tensor, frame: int) -> Tensor:
+        """The smoothed code of video frame ``frame`` from all frames' windows [T, window, D] -> [out_dim]."""
+        half = self.config.smoothing_frames // 2
+        idx = torch.arange(frame - half, frame - half + self.config.smoothing_frames).clamp(0, windows.shape[0] - 1)
+        codes = self.encode(windows[idx])                         # [S, out_dim]
+        weights = torch.softmax(self.attention(codes.T[None])[0, 0], dim=0)  # [S]
+        return (weights[:, None] * codes).sum(0)

@@ -1,0 +1,68 @@
+"""Motion fields and the audio encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from talksplat.fields.hashgrid import HashGridConfig
+from talksplat.fields.motion import AudioEncoder, AudioEncoderConfig, MotionField, MotionFieldConfig
+
+SMALL_GRID = HashGridConfig(num_levels=4, log2_hashmap_size=10, base_resolution=4, desired_resolution=32)
+
+
+def _field(**kw) -> MotionField:
+    cfg = MotionFieldConfig(grid=SMALL_GRID, **kw)
+    return MotionField(cfg, torch.tensor([-0.1, -0.1, 1.9]), torch.tensor([0.1, 0.1, 2.1]))
+
+
+def test_starts_as_identity_and_learns_audio_dependent_motion():
+    torch.manual_seed(0)
+    field = _field()
+    means = torch.rand(300, 3) * 0.2 + torch.tensor([-0.1, -0.1, 1.9])
+    quiet, loud = torch.zeros(32), torch.ones(32)
+    expr = torch.zeros(7)
+    d = field(means, quiet, expr)
+    assert d.d_means.abs().max() == 0 and d.d_quats.abs().max() == 0
+    # Teach it: loud audio moves the lower half (y > 0) down by 0.01, quiet audio moves nothing.
+    target_loud = torch.where(means[:, 1:2] > 0, torch.tensor([0.0, 0.01, 0.0]), torch.zeros(3))
+    opt = torch.optim.Adam(field.parameters(), lr=1e-2)
+    for _ in range(300):
+        loss = (field(means, loud, expr).d_means - target_loud).square().mean() + \
+               field(means, quiet, expr).d_means.square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    moved = field(means, loud, expr).d_means[:, 1]
+    assert moved[means[:, 1] > 0.03].mean() > 0.007
+    assert moved[means[:, 1] < -0.03].abs().mean() < 0.003
+    assert field(means, quiet, expr).d_means.abs().mean() < 0.002
+
+
+def test_mouth_branch_predicts_position_only():
+    field = _field(expression_dim=0, outputs=("position",))
+    with torch.no_grad():
+        field.head[-1].bias.fill_(0.5)
+    d = field(torch.zeros(10, 3) + torch.tensor([0.0, 0.0, 2.0]), torch.ones(32))
+    assert d.d_means.shape == (10, 3) and (d.d_means == 0.5).all()
+    assert d.d_log_scales.abs().max() == 0 and d.d_quats.abs().max() == 0
+
+
+def test_bad_configuration_is_rejected():
+    with pytest.raises(ValueError, match="unknown deformation outputs"):
+        _field(outputs=("position", "colour"))
+    with pytest.raises(ValueError, match="needs expression"):
+        _field()(torch.zeros(3, 3), torch.zeros(32))
+
+
+def test_audio_encoder_shapes_and_smoothing_window():
+    enc = AudioEncoder(AudioEncoderConfig(input_dim=80))
+    windows = torch.randn(20, 16, 80)
+    assert enc.encode(windows).shape == (20, 32)
+    code = enc(windows, frame=0)
+    assert code.shape == (32,)
+    # Frames far outside the 8-frame window do not influence the code.
+    changed = windows.clone()
+    changed[15:] = 0
+    assert torch.allclose(enc(changed, frame=2), enc(windows, frame=2))
+    assert not torch.allclose(enc(changed, frame=14), enc(windows, frame=14))
