@@ -50,7 +50,7 @@ def test_mouth_branch_predicts_position_only():
 
 def test_bad_configuration_is_rejected():
     with pytest.raises(ValueError, match="unknown deformation outputs"):
-        _field(outputs=("position", "colour"))
+        _field(outputs=("position", "sparkle"))
     with pytest.raises(ValueError, match="needs expression"):
         _field()(torch.zeros(3, 3), torch.zeros(32))
 

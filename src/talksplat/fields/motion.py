@@ -18,7 +18,9 @@ from torch import Tensor, nn
 
 from talksplat.fields.hashgrid import HashGridConfig, TriPlaneHashEncoding
 
-DEFORM_OUTPUTS = {"position": 3, "scale": 3, "rotation": 4}
+# Deformation outputs (TalkingGaussian) and, for the "appearance modification" ablation of its
+# Table 4, colour and opacity offsets instead.
+DEFORM_OUTPUTS = {"position": 3, "scale": 3, "rotation": 4, "color": 3, "opacity": 1}
 
 
 @dataclass
@@ -49,9 +51,11 @@ def mlp(in_dim: int, hidden: int, out_dim: int, layers: int) -> nn.Sequential:
 class Deformation:
     """Per-Gaussian offsets to the raw parameters (zeros where a branch does not predict them)."""
 
-    d_means: Tensor   # [N, 3]
-    d_log_scales: Tensor  # [N, 3]
-    d_quats: Tensor   # [N, 4]
+    d_means: Tensor         # [N, 3]
+    d_log_scales: Tensor    # [N, 3]
+    d_quats: Tensor         # [N, 4]
+    d_colors: Tensor        # [N, 3]
+    d_opacity_logits: Tensor  # [N]
 
 
 class MotionField(nn.Module):
@@ -100,7 +104,9 @@ class MotionField(nn.Module):
         zeros = {name: raw.new_zeros(n, dim) for name, dim in DEFORM_OUTPUTS.items()}
         return Deformation(d_means=parts.get("position", zeros["position"]),
                            d_log_scales=parts.get("scale", zeros["scale"]),
-                           d_quats=parts.get("rotation", zeros["rotation"]))
+                           d_quats=parts.get("rotation", zeros["rotation"]),
+                           d_colors=parts.get("color", zeros["color"]),
+                           d_opacity_logits=parts.get("opacity", zeros["opacity"])[:, 0])
 
     def region_attention(self, canonical_means: Tensor) -> dict[str, Tensor]:
         """Per-Gaussian attention magnitudes (for visualising which regions follow which signal)."""
