@@ -62,5 +62,6 @@ def run(args) -> int:
     print(f"trained {summary['recipe']} in {summary['train_seconds']:.0f} s "
           f"({summary['ms_per_iteration_median']} ms/it, {summary['gaussians']} Gaussians)")
     for stage, s in scores.items():
-        print(f"  held-out after {stage}: PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.4f} ({s['frames']} frames)")
+        head = f", head box {s['psnr_head_box']:.2f} dB" if s.get("psnr_head_box") else ""
+        print(f"  held-out after {stage}: PSNR {s['psnr']:.2f} dB{head}, SSIM {s['ssim']:.4f} ({s['frames']} frames)")
     return 0

@@ -1,0 +1,1 @@
+"""Rendering trained avatars for new audio (``Renderer``, ``render_video``)."""
