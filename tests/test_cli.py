@@ -32,7 +32,7 @@ def test_doctor_lists_backends(capsys):
 
 
 def test_demo_fits_an_image(tmp_path):
-    result = _talksplat("demo", "-o", str(tmp_path / "demo"), "--iterations", "30")
+    result = _talksplat("demo", "--engine-only", "-o", str(tmp_path / "demo"), "--iterations", "30")
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert (tmp_path / "demo" / "fit.png").stat().st_size > 10_000
@@ -43,7 +43,7 @@ def test_demo_fits_an_image(tmp_path):
 def test_unwritable_output_is_a_one_line_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    result = _talksplat("demo", "-o", str(blocker / "sub"), "--iterations", "1")
+    result = _talksplat("demo", "--engine-only", "-o", str(blocker / "sub"), "--iterations", "1")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
