@@ -32,19 +32,19 @@ def _quiet_mediapipe_logs() -> None:
 
 
 class FaceMeshTracker:
-    """MediaPipe FaceMesh with ``refine_landmarks=True`` (478 points), one face.
+    """MediaPipe FaceMesh with ``refine_landmarks=True`` (478 points), one face by default.
 
     Use ``static_image_mode=True`` for unrelated images and False for video frames in order
     (then MediaPipe tracks from the previous frame and re-detects only when it loses the face).
     """
 
     def __init__(self, static_image_mode: bool = False, min_detection_confidence: float = 0.5,
-                 min_tracking_confidence: float = 0.5) -> None:
+                 min_tracking_confidence: float = 0.5, max_num_faces: int = 1) -> None:
         _quiet_mediapipe_logs()
         import mediapipe as mp  # imported lazily: it is slow to import and pulls in a lot
 
         self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=static_image_mode, max_num_faces=1, refine_landmarks=True,
+            static_image_mode=static_image_mode, max_num_faces=max_num_faces, refine_landmarks=True,
             min_detection_confidence=min_detection_confidence,
             min_tracking_confidence=min_tracking_confidence)
 
@@ -66,6 +66,21 @@ class FaceMeshTracker:
         return out
 
     __call__ = process
+
+    def process_all(self, image: np.ndarray) -> list[np.ndarray]:
+        """Landmarks of every face found (up to ``max_num_faces``) in ``image`` ((H, W, 3) uint8 RGB).
+
+        Returns:
+            a list of (478, 3) float32 pixel landmark arrays (empty when no face is found).
+        """
+        image = np.ascontiguousarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        h, w = image.shape[:2]
+        result = self._mesh.process(image)
+        faces = result.multi_face_landmarks or []
+        return [np.array([(p.x * w, p.y * h, p.z * w) for p in face.landmark], dtype=np.float32)
+                for face in faces]
 
     def close(self) -> None:
         """Release the MediaPipe graph."""

@@ -1,0 +1,149 @@
+"""Tracking parts: template, PnP / focal search, jitter, crop mapping, subject choice, masks, step runner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from talksplat.prepare.runner import Step, StepRunner
+from talksplat.tracking import pose as P
+from talksplat.tracking.crop import CropBox, compute_crop_box, crop_to_source, source_to_crop
+from talksplat.tracking.masks import INSIDE_MOUTH, SKIN, closed_mouth_corrected_lips, label_map
+from talksplat.tracking.subject import choose_subject, interpolate_gaps, longest_gap
+from talksplat.tracking.template import load_canonical_template
+
+W = H = 512
+FOCAL = 1000.0
+
+
+def _motion(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 2 * np.pi, n)
+    rotvec = np.stack([0.08 * np.sin(t), 0.12 * np.sin(1.3 * t + 1), 0.05 * np.cos(t)], axis=1)
+    rot = Rotation.from_rotvec(rotvec).as_matrix()
+    trans = np.stack([5 * np.sin(t), 3 * np.cos(t), 650 + 10 * np.sin(0.5 * t)], axis=1) + rng.normal(0, 0.1, (n, 3))
+    return rot, trans
+
+
+def test_template_is_metric_and_right_handed():
+    tpl = load_canonical_template()
+    v = tpl.vertices
+    assert v.shape == (468, 3)
+    assert 80 < tpl.eye_corner_distance_mm < 100            # an adult face, in millimetres
+    assert v[263, 0] > v[33, 0] and v[152, 1] > v[10, 1]     # x to the subject's left, y down
+    assert v[1, 2] < v[234, 2] - 50                          # the nose tip is far in front of the cheeks
+    assert np.allclose(0.5 * (v[234] + v[454]), 0)
+    assert tpl.weights[13] < 0.5 and tpl.weights[1] == 1.0   # lips down-weighted, nose rigid
+
+
+def test_refine_poses_recovers_exact_poses():
+    tpl = load_canonical_template()
+    rot, trans = _motion()
+    K = P.intrinsics_matrix(FOCAL, W, H)
+    uv = P.project(tpl.vertices, rot, trans, K)
+    r0, t0 = P.initial_poses(uv + 0.3, tpl.vertices, tpl.weights, K)       # a slightly wrong start
+    obs = P.Observations.from_landmarks(uv, tpl.vertices, tpl.weights)
+    r, t = P.refine_poses(obs, r0, t0, K)
+    ang = np.degrees(np.linalg.norm(Rotation.from_matrix(r @ np.transpose(rot, (0, 2, 1))).as_rotvec(), axis=1))
+    assert ang.max() < 1e-3 and np.abs(t - trans).max() < 1e-2
+
+
+def test_focal_search_with_the_right_template():
+    tpl = load_canonical_template()
+    rot, trans = _motion(40)
+    uv = P.project(tpl.vertices, rot, trans, P.intrinsics_matrix(FOCAL, W, H))
+    uv += np.random.default_rng(1).normal(0, 0.2, uv.shape)
+    found = P.search_focal(uv, tpl.vertices, tpl.weights, W, H)
+    assert abs(found.focal / FOCAL - 1) < 0.05 and not found.at_edge
+
+
+def test_jitter_measures_shaking_not_smooth_motion():
+    rot, _ = _motion(100)
+    shaky = Rotation.from_rotvec(np.random.default_rng(2).normal(0, np.radians(0.5), (100, 3))).as_matrix() @ rot
+    assert P.rotation_jitter_deg(rot) < 0.05
+    assert P.rotation_jitter_deg(shaky) > 0.5
+
+
+def test_crop_mapping_round_trip():
+    lms = np.random.default_rng(3).uniform(300, 500, (10, 478, 3))
+    box = compute_crop_box(lms, 1280, 720, 256)
+    assert box.side <= 720 and 0 <= box.x0 <= 1280 - box.side and 0 <= box.y0 <= 720 - box.side
+    uv = np.random.default_rng(4).uniform(0, 700, (5, 2))
+    assert np.allclose(crop_to_source(source_to_crop(uv, box), box), uv)
+    # Pixel-centre convention: the centre of the box's first pixel block maps to the crop's (0, 0) area.
+    b = CropBox(10, 20, 100, 50)
+    assert np.allclose(source_to_crop(np.array([10.5, 20.5]), b), [0.0, 0.0])
+
+
+def test_choose_subject_follows_the_consistent_face():
+    big = np.zeros((478, 3), np.float32)
+    big[:, :2] = np.random.default_rng(5).uniform(100, 300, (478, 2))
+    small = big.copy()
+    small[:, :2] = small[:, :2] * 0.2 + 600
+    frames = [[big + i, small] if i % 3 else [small, big + i] for i in range(12)]
+    frames[5] = []
+    track = choose_subject(frames)
+    assert track.detected.sum() == 11 and not track.detected[5]
+    assert track.multi_face_frames == 11
+    assert np.allclose(track.landmarks[7], big + 7)          # the big face, whatever its order
+    filled = interpolate_gaps(track.landmarks, track.detected)
+    assert np.allclose(filled[5], big + 5) and longest_gap(track.detected) == 1
+
+
+def test_label_map_from_ground_truth_landmarks(tmp_path):
+    from talksplat.synthetic import SynthConfig, generate, load_ground_truth
+
+    res = generate(SynthConfig.tiny(seed=2, use_phones=False), tmp_path / "s")
+    gt = load_ground_truth(res.out_dir)
+    t = int(np.argmax(gt["mouth_open_px"]))
+    lm = np.zeros((478, 2))
+    lm[:468] = gt["landmarks_2d"][t]
+    person = (gt["labels"][t] > 0).astype(np.float32)
+    labels = label_map(lm, person)
+    truth_mouth = gt["labels"][t] == 8
+    mouth = labels == INSIDE_MOUTH
+    assert (mouth & truth_mouth).sum() / (mouth | truth_mouth).sum() > 0.5
+    face_truth = np.isin(gt["labels"][t], (4, 5, 6, 7, 8))
+    assert ((labels >= SKIN) & face_truth).sum() / ((labels >= SKIN) | face_truth).sum() > 0.85
+    # Removing the resting gap never makes the mouth polygon taller than the raw landmarks'.
+    seq = np.zeros((gt["landmarks_2d"].shape[0], 478, 2))
+    seq[:, :468] = gt["landmarks_2d"]
+    lips = closed_mouth_corrected_lips(seq)
+    raw_gap = np.linalg.norm(seq[:, 14] - seq[:, 13], axis=1)
+    new_gap = np.linalg.norm(lips[:, 5] - lips[:, 15], axis=1)
+    assert np.all(new_gap <= raw_gap + 1e-9)
+
+
+def test_runner_skips_valid_and_redoes_corrupt(tmp_path):
+    calls = []
+
+    def write(runner):
+        calls.append(1)
+        runner.path("out.txt").write_text("x" * 100)
+        return {"n": len(calls)}
+
+    def step(cfg):
+        return Step("a", 1, write, ["out.txt"], [], cfg)
+
+    StepRunner(tmp_path, "src").run(step({"k": 1}))
+    StepRunner(tmp_path, "src").run(step({"k": 1}))
+    assert len(calls) == 1
+    (tmp_path / "out.txt").write_text("y" * 100)               # same size, different content
+    StepRunner(tmp_path, "src").run(step({"k": 1}))
+    assert len(calls) == 2
+    StepRunner(tmp_path, "src").run(step({"k": 2}))            # config changed
+    assert len(calls) == 3
+    StepRunner(tmp_path, "other-source").run(step({"k": 2}))   # another video
+    assert len(calls) == 4
+    marker = json.loads((tmp_path / ".steps" / "a.json").read_text())
+    assert marker["info"] == {"n": 4}
+
+    def boom(runner):
+        raise RuntimeError("crash mid-step")
+
+    with pytest.raises(RuntimeError):
+        StepRunner(tmp_path, "other-source").run(Step("a", 1, boom, ["out.txt"], [], {"k": 3}))
+    assert not (tmp_path / ".steps" / "a.json").exists()       # no stale marker after a crash
