@@ -10,7 +10,8 @@ from talksplat import __version__
 from talksplat.errors import TalksplatError
 
 # Subcommand modules, each exposing register(subparsers) that sets ``func`` on its parser.
-SUBCOMMANDS = ("talksplat.cli.doctor", "talksplat.cli.demo", "talksplat.cli.synth")
+SUBCOMMANDS = ("talksplat.cli.doctor", "talksplat.cli.demo", "talksplat.cli.synth", "talksplat.cli.sync",
+               "talksplat.cli.prepare", "talksplat.cli.train", "talksplat.cli.render")
 
 
 def build_parser() -> argparse.ArgumentParser:
