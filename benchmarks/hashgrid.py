@@ -14,18 +14,16 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
 import torch
+from _machine import machine_info
 
-from talksplat._native import find_compiler
+import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
 from talksplat.fields import (
     HashGridConfig,
     backend_status,
@@ -82,36 +80,6 @@ def time_interleaved(runs: dict[str, Callable[[], None]], repeats: int) -> dict[
             run()
             times[name].append((time.perf_counter() - start) * 1e3)
     return times
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def compiler_version() -> str | None:
-    cxx = find_compiler()
-    if cxx is None:
-        return None
-    result = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False)
-    return result.stdout.splitlines()[0] if result.stdout else cxx
-
-
-def machine_info() -> dict:
-    return {
-        "cpu_model": cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "torch_default_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "compiler": compiler_version(),
-        "load_average_at_start": os.getloadavg(),
-    }
 
 
 def benchmark_case(config: HashGridConfig, n: int, threads: int, repeats: int, label: str) -> list[dict]:

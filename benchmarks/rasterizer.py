@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _machine import machine_info
 
 RESULTS = Path(__file__).parent / "results" / "rasterizer.json"
 SIZES = (10_000, 30_000, 100_000)
@@ -37,9 +38,9 @@ MIN_SPEEDUP_FWD_BWD = 30.0
 
 def run_case(backend: str, n: int, res: int, threads: int, repeats: int) -> dict:
     """Runs inside the child process."""
-    import talksplat  # noqa: F401  - first, so its OpenMP settings apply as they do for users
     import torch
 
+    import talksplat  # noqa: F401  - first, so its OpenMP settings apply as they do for users
     from talksplat.gaussians import rasterize
     from talksplat.gaussians.scenes import random_scene
 
@@ -83,23 +84,10 @@ def run_case(backend: str, n: int, res: int, threads: int, repeats: int) -> dict
 
 def spawn(backend: str, n: int, res: int, threads: int, repeats: int) -> dict:
     args = json.dumps({"backend": backend, "n": n, "res": res, "threads": threads, "repeats": repeats})
-    proc = subprocess.run([sys.executable, __file__, "--child", args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, __file__, "--child", args], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         return {"backend": backend, "n": n, "res": res, "threads": threads, "error": proc.stderr.strip()[-300:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def machine_info() -> dict:
-    import os
-
-    import torch
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "talksplat default (PASSIVE)"),
-            "load_average_at_end": os.getloadavg()}
 
 
 def fmt(value, digits=1):

@@ -13,7 +13,8 @@ from talksplat.cli.main import main
 
 
 def _talksplat(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "talksplat.cli.main", *args], capture_output=True, text=True, **kw)
+    return subprocess.run([sys.executable, "-m", "talksplat.cli.main", *args], capture_output=True, text=True,
+                          check=False, **kw)
 
 
 def test_version(capsys):

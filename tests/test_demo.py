@@ -15,7 +15,7 @@ from talksplat.io.video import probe_video
 def test_tiny_demo_writes_playable_videos_with_audio(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run([sys.executable, "-m", "talksplat.cli.main", "demo", "--tiny", "-o", str(out)],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-800:]
     summary = json.loads((out / "summary.json").read_text())
     talking = probe_video(out / "talking.mp4")

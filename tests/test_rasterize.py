@@ -116,7 +116,7 @@ def test_gradients_match_reference(seed, opacity_range):
 @needs_cpu_kernel
 def test_means2d_gradient_is_available_for_densification():
     scene = _small_scene()
-    out, gaussians = _render(scene, "cpu", requires_grad=True)
+    out, _ = _render(scene, "cpu", requires_grad=True)
     out.meta["means2d"].retain_grad()
     out.image.sum().backward()
     grad2d = out.meta["means2d"].grad

@@ -82,7 +82,7 @@ def test_sigkill_then_rerun_continues_from_the_last_checkpoint(subject, tmp_path
     assert killed_at is not None
     step_at_kill = int(killed_at.name.split("-")[1])
     assert step_at_kill < 129, "the run finished before it could be killed; the test proves nothing"
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-500:]
     assert f"resuming talkinggaussian from {killed_at.name}" in result.stdout
     summary = json.loads((run / "summary.json").read_text())

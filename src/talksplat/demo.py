@@ -129,4 +129,4 @@ def _side_by_side(renderer, subject: Path, out_path: Path) -> dict:
             scores.append(psnr(rendered, truth))
             both = torch.cat([truth, rendered], dim=1)
             writer.write((both.numpy() * 255).round().astype(np.uint8))
-    return {"frames": int(len(frames)), "psnr_mean": round(float(np.mean(scores)), 2), "output": str(out_path)}
+    return {"frames": len(frames), "psnr_mean": round(float(np.mean(scores)), 2), "output": str(out_path)}

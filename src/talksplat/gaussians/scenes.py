@@ -31,7 +31,7 @@ class Scene:
     def camera(self) -> tuple[Tensor, Tensor, int, int]:
         return self.viewmat, self.K, self.width, self.height
 
-    def to(self, dtype: torch.dtype) -> "Scene":
+    def to(self, dtype: torch.dtype) -> Scene:
         cast = [t.to(dtype) for t in (*self.gaussians(), self.viewmat, self.K)]
         return Scene(*cast, self.width, self.height)
 

@@ -341,7 +341,7 @@ def _numpy_rng_words(rng: np.random.Generator) -> list[int]:
 
 def _restore_numpy_rng(rng: np.random.Generator, words: Tensor) -> None:
     w = [int(x) for x in words.tolist()]
-    join = lambda part: sum(v << shift for v, shift in zip(part, (96, 64, 32, 0)))  # noqa: E731
+    join = lambda part: sum(v << shift for v, shift in zip(part, (96, 64, 32, 0)))
     state = rng.bit_generator.state
     state["state"] = {"state": join(w[0:4]), "inc": join(w[4:8])}
     state["has_uint32"], state["uinteger"] = w[8], w[9]

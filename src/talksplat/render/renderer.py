@@ -48,7 +48,8 @@ class Renderer:
     def __init__(self, subject_dir: Path, run_dir: Path | None = None, recipe: str = "talkinggaussian") -> None:
         from talksplat.recipes.data import load_subject_data
         from talksplat.train.checkpoint import latest_checkpoint, load_checkpoint
-        from talksplat.train.trainer import recipe_classes, run_dir as default_run_dir
+        from talksplat.train.trainer import recipe_classes
+        from talksplat.train.trainer import run_dir as default_run_dir
 
         self.subject_dir = Path(subject_dir)
         run = Path(run_dir) if run_dir else default_run_dir(self.subject_dir, recipe)
