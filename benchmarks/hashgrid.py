@@ -137,7 +137,7 @@ def main() -> int:
     default_config = HashGridConfig()
     info = machine_info()
     print(f"{info['cpu_model']} | {info['logical_cpus']} CPUs | torch {info['torch_version']} | "
-          f"median of {repeats} after {WARMUP} warm-up calls | load avg {info['load_average_at_start']}")
+          f"median of {repeats} after {WARMUP} warm-up calls | load avg {info['load_average']}")
     print(TABLE_HEADER)
     rows = []
     for threads in THREAD_COUNTS:

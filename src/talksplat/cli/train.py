@@ -30,6 +30,7 @@ def register(subparsers) -> None:
                    help="ablation: predict colour/opacity offsets instead of deformation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints")
+    p.add_argument("--eval-frames", type=int, default=8, help="held-out frames scored after each stage")
     p.set_defaults(func=run)
 
 
@@ -56,7 +57,8 @@ def run(args) -> int:
 
     if not args.subject.is_dir():
         raise TalksplatError(f"subject folder {args.subject} does not exist; run `talksplat prepare` first")
-    summary = train(args.subject, args.recipe, build_config(args), TrainerConfig(checkpoint_every_s=args.checkpoint_every),
+    summary = train(args.subject, args.recipe, build_config(args), TrainerConfig(checkpoint_every_s=args.checkpoint_every,
+                                                                           eval_frames=args.eval_frames),
                     out_dir=args.out, resume=not args.restart)
     scores = summary["held_out_by_stage"]
     print(f"trained {summary['recipe']} in {summary['train_seconds']:.0f} s "
