@@ -61,8 +61,8 @@ def run(args) -> int:
                                                                            eval_frames=args.eval_frames),
                     out_dir=args.out, resume=not args.restart)
     scores = summary["held_out_by_stage"]
-    print(f"trained {summary['recipe']} in {summary['train_seconds']:.0f} s "
-          f"({summary['ms_per_iteration_median']} ms/it, {summary['gaussians']} Gaussians)")
+    speed = f"{summary['ms_per_iteration_median']} ms/it, " if summary["ms_per_iteration_median"] else ""
+    print(f"trained {summary['recipe']} in {summary['train_seconds']:.0f} s ({speed}{summary['gaussians']} Gaussians)")
     for stage, s in scores.items():
         head = f", head box {s['psnr_head_box']:.2f} dB" if s.get("psnr_head_box") else ""
         print(f"  held-out after {stage}: PSNR {s['psnr']:.2f} dB{head}, SSIM {s['ssim']:.4f} ({s['frames']} frames)")

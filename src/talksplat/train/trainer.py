@@ -140,10 +140,10 @@ class _Loop:
         iio.imwrite(path, (both.numpy() * 255).round().astype(np.uint8))
 
     def write_summary(self) -> dict:
-        times = np.array(self.step_times[5:] or self.step_times or [float("nan")])
+        times = self.step_times[5:] or self.step_times  # the first steps include warm-up
         summary = {"recipe": self.name, "train_seconds": round(self.train_seconds, 1),
                    "iterations": self.recipe.total_iterations, "gaussians": self.recipe.num_gaussians(),
-                   "ms_per_iteration_median": round(float(np.median(times)) * 1000, 1),
+                   "ms_per_iteration_median": round(float(np.median(times)) * 1000, 1) if times else None,
                    "held_out_by_stage": self.stage_scores, "threads": torch.get_num_threads()}
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
