@@ -18,6 +18,9 @@ class PrepareConfig:
     fps: int = 25                      # frames per second of the dataset (the video is resampled)
     audio: bool = True                 # False (--no-audio): accept videos without sound, no audio features
     offset_correction: bool = True     # shift the audio when a reliable A/V offset is found
+    # Lips naturally lead the sound by 1-2 frames (facts.md); an offset in [0, this] is that lead, not
+    # a muxing error, and is left alone so the avatar learns a natural lead.
+    natural_lead_frames: int = 2
     min_seconds: float = 5.0           # shorter videos are refused (too little to train on)
     max_missing_fraction: float = 0.05  # fail when the face is missing in more frames than this
     max_faces: int = 2                 # faces FaceMesh looks for (the subject is chosen among them)

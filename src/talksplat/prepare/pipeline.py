@@ -28,7 +28,7 @@ from talksplat.prepare.runner import Step, StepRunner, file_sha256, write_json_a
 
 # Steps' versions: bump one to make existing datasets redo that step (and what follows).
 STEP_VERSIONS = {"media": 1, "track": 1, "frames": 1, "cameras": 1, "masks": 1, "expressions": 1,
-                 "audio": 1, "split": 1, "report": 1}
+                 "audio": 2, "split": 1, "report": 1}
 # Interpolated (not detected) frames count this much in the pose fit.
 INTERPOLATED_FRAME_WEIGHT = 0.3
 # The error curve of the focal search: focal values within this relative error of the minimum
@@ -362,7 +362,8 @@ def _step_audio(cfg: PrepareConfig, quiet: bool, outputs: list[str]):
                 est = estimate(mouth.astype(np.float32), samples, fps=float(cfg.fps), sample_rate=SAMPLE_RATE)
                 info["offset"] = {"offset_frames": int(est.offset_frames), "confidence": float(est.confidence),
                                   "reliable": bool(est.reliable)}
-                if cfg.offset_correction and est.reliable and est.offset_frames != 0:
+                natural_lead = 0 <= est.offset_frames <= cfg.natural_lead_frames
+                if cfg.offset_correction and est.reliable and not natural_lead:
                     applied = int(est.offset_frames)
                     samples = _shift_audio(samples, applied, cfg.fps)
             info["applied_shift_frames"] = applied
@@ -517,7 +518,7 @@ def prepare(video: str | Path, subject_dir: str | Path, cfg: PrepareConfig | Non
     if cfg.audio:
         steps.append(Step("audio", STEP_VERSIONS["audio"], _step_audio(cfg, quiet, audio_outputs),
                           lambda: list(audio_outputs), ["media", "frames"],
-                          {"offset_correction": cfg.offset_correction,
+                          {"offset_correction": cfg.offset_correction, "natural_lead": cfg.natural_lead_frames,
                            "api": [compute is not None, estimate is not None]}))
     steps += [
         Step("split", STEP_VERSIONS["split"], _step_split(cfg), [L.SPLIT_JSON, L.TRANSFORMS_TRAIN, L.TRANSFORMS_VAL],
