@@ -35,6 +35,10 @@ class MotionFieldConfig:
     # Canonical centres are mapped into the grid's [-bound, bound]^3 by this box, set from the
     # initial Gaussians and padded, so growth during training stays inside the grid.
     box_padding: float = 0.2
+    # One unit of predicted position offset, as a fraction of the box's largest side. Worlds come in
+    # any unit (talksplat's head frame is in mm): without this, an MLP starting at zero needs
+    # thousands of Adam steps before lips move by millimetres, and the mouth never learns to move.
+    position_unit: float = 0.05
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int, layers: int) -> nn.Sequential:
@@ -68,6 +72,7 @@ class MotionField(nn.Module):
         if unknown:
             raise ValueError(f"unknown deformation outputs {sorted(unknown)}; use {sorted(DEFORM_OUTPUTS)}")
         pad = (box_max - box_min) * config.box_padding
+        self.register_buffer("position_unit", ((box_max - box_min).max() * config.position_unit).float())
         self.register_buffer("box_min", (box_min - pad).float())
         self.register_buffer("box_max", (box_max + pad).float())
         self.encoding = TriPlaneHashEncoding(config.grid)
@@ -102,7 +107,7 @@ class MotionField(nn.Module):
     def _split(self, raw: Tensor, n: int) -> Deformation:
         parts = dict(zip(self.config.outputs, raw.split([DEFORM_OUTPUTS[o] for o in self.config.outputs], -1)))
         zeros = {name: raw.new_zeros(n, dim) for name, dim in DEFORM_OUTPUTS.items()}
-        return Deformation(d_means=parts.get("position", zeros["position"]),
+        return Deformation(d_means=parts.get("position", zeros["position"]) * self.position_unit,
                            d_log_scales=parts.get("scale", zeros["scale"]),
                            d_quats=parts.get("rotation", zeros["rotation"]),
                            d_colors=parts.get("color", zeros["color"]),
@@ -145,9 +150,22 @@ class AudioEncoder(nn.Module):
             nn.Conv1d(config.out_dim, 16, 3, padding=1), nn.LeakyReLU(0.02, True),
             nn.Conv1d(16, 1, 3, padding=1),
         )
+        # Per-band statistics of the training audio (set by ``fit_normalisation``, saved with the
+        # weights). Raw log-mel sits around -10 with a spread of ~4: unnormalised, the constant part
+        # swamps the frame-to-frame variation and the codes barely depend on the audio.
+        self.register_buffer("feature_mean", torch.zeros(config.input_dim))
+        self.register_buffer("feature_std", torch.ones(config.input_dim))
+
+    @torch.no_grad()
+    def fit_normalisation(self, windows: Tensor) -> None:
+        """Sets the per-band mean/std from training windows [T, window, input_dim]."""
+        flat = windows.reshape(-1, windows.shape[-1])
+        self.feature_mean.copy_(flat.mean(0))
+        self.feature_std.copy_(flat.std(0).clamp_min(1e-3))
 
     def encode(self, windows: Tensor) -> Tensor:
         """windows[T, window, input_dim] -> codes[T, out_dim]."""
+        windows = (windows - self.feature_mean) / self.feature_std
         x = self.conv(windows.transpose(1, 2))
         return self.fc(x.flatten(1))
 

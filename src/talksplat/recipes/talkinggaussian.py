@@ -139,6 +139,7 @@ class TalkingGaussian(nn.Module):
         self.mouth = Branch(mouth_pts, mouth_cols, cfg.mouth_motion, lr_means, cfg.max_mouth_gaussians,
                             cfg.refine_every, refine_stop) if cfg.decomposition else None
         self.audio = AudioEncoder(_audio_cfg(cfg.audio, data.audio))
+        self.audio.fit_normalisation(data.audio[torch.as_tensor(data.train_frames)])
         self.net_optimizer = torch.optim.Adam(self._network_param_groups(), eps=1e-15)
         self.sorted_by = {
             "lip_open": data.train_frames[np.argsort(data.lip_open[data.train_frames], kind="stable")],
