@@ -1,6 +1,6 @@
 """TalkingGaussian's Table 4 in miniature: the full model against three ablations, same budget.
 
-    .venv/bin/python benchmarks/ablation.py SUBJECT_DIR [--iters 800 1200 200] [--parallel 2]
+    .venv/bin/python benchmarks/ablation.py SUBJECT_DIR [--iters 600 1500 200] [--parallel 2]
 
 Runs `talksplat train` four times (full, --no-decomposition, --no-incremental-sampling,
 --appearance-modification) with the same iteration budget and seed; with --parallel 2 two runs go
@@ -49,7 +49,7 @@ def run_variant(subject: Path, out_root: Path, name: str, flags: list[str], iter
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("subject", type=Path)
-    parser.add_argument("--iters", type=int, nargs=3, default=[800, 1200, 200])
+    parser.add_argument("--iters", type=int, nargs=3, default=[600, 1500, 200])
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("/tmp/talksplat_ablation"))
     args = parser.parse_args()
