@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from talksplat.errors import TalksplatError
 from talksplat.fields.hashgrid import HashGridConfig
 from talksplat.fields.motion import AudioEncoder, AudioEncoderConfig, MotionField, MotionFieldConfig
 from talksplat.gaussians import rasterize
@@ -124,7 +125,8 @@ class TalkingGaussian(nn.Module):
         super().__init__()
         cfg.validate()
         if data.audio is None:
-            raise ValueError("the subject has no audio features; re-run `talksplat prepare` with audio")
+            raise TalksplatError("the subject has no audio features (prepared with --no-audio?); "
+                                 "re-run `talksplat prepare` on a video with sound")
         self.cfg, self.data = cfg, data
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
