@@ -76,6 +76,9 @@ class TalkingGaussianConfig:
     audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
     audio_feature: str = "mel"
     sampling: IncrementalSamplingConfig = field(default_factory=IncrementalSamplingConfig)
+    # In the motion stage, keep the canonical geometry fixed so mouth changes must be explained by
+    # the audio-driven deformation rather than baked into an average mouth.
+    freeze_geometry_in_motion: bool = False
     decomposition: bool = True
     incremental_sampling: bool = True
     appearance_modification: bool = False
@@ -241,7 +244,11 @@ class TalkingGaussian(nn.Module):
                 "gaussians": self.num_gaussians(), **({"densify": changes} if changes else {})}
 
     def _optimizer_step(self, stage: str) -> None:
-        trainable = ("colors",) if stage == "finetune" else None
+        trainable = None
+        if stage == "finetune":
+            trainable = ("colors",)
+        elif stage == "motion" and self.cfg.freeze_geometry_in_motion:
+            trainable = ("colors", "opacity_logits")
         for branch in self.branches():
             for name, opt in branch.optimizers.items():
                 if trainable is None or name in trainable:
