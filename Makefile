@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# Without a C++ compiler talksplat still works on its (slow) reference backends: warn, don't stop.
 kernels: $(STAMP)
-	$(VENV)/bin/talksplat doctor --build
+	$(VENV)/bin/talksplat doctor --build || echo "warning: C++ kernels unavailable (see above); using the slow pure-PyTorch reference backends"
 
 test: kernels
 	$(PY) -m pytest -q
