@@ -10,7 +10,7 @@ from talksplat.fields import hashgrid
 from talksplat.gaussians import _cpu
 
 
-@pytest.mark.skipif(_native.find_compiler() is None, reason="no C++ compiler")
+@pytest.mark.skipif(not _cpu.status().available, reason="C++ kernels unavailable")
 def test_loading_kernels_keeps_subnormal_floats():
     # A library linked with -ffast-math would switch the process to flush-to-zero on load.
     _cpu.lib()
@@ -26,6 +26,7 @@ def test_disabled_native_build_raises_a_clear_reason(monkeypatch, tmp_path):
 
 
 def test_build_failure_is_reported_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.delenv("TALKSPLAT_NO_NATIVE", raising=False)
     monkeypatch.setenv("TALKSPLAT_CACHE_DIR", str(tmp_path / "cache"))
     broken = tmp_path / "broken.cpp"
     broken.write_text("this is not C++\n")
@@ -39,6 +40,7 @@ def test_build_failure_is_reported_in_one_line(monkeypatch, tmp_path):
 def test_builds_are_cached_by_content(monkeypatch, tmp_path):
     if _native.find_compiler() is None:
         pytest.skip("no C++ compiler")
+    monkeypatch.delenv("TALKSPLAT_NO_NATIVE", raising=False)
     monkeypatch.setenv("TALKSPLAT_CACHE_DIR", str(tmp_path / "cache"))
     src = tmp_path / "ok.cpp"
     src.write_text('extern "C" int answer() { return 42; }\n')

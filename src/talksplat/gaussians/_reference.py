@@ -91,7 +91,7 @@ def _composite(alpha_raw: Tensor, sigma: Tensor, features: Tensor) -> tuple[Tens
     T_after = torch.cumprod(1 - alpha, dim=1)
     T_before = torch.cat([torch.ones_like(T_after[:, :1]), T_after[:, :-1]], dim=1)
     acc = (alpha * T_before) @ features
-    T_final = T_after[:, -1] if T_after.shape[1] else torch.ones_like(T_after[:, 0])
+    T_final = T_after[:, -1] if T_after.shape[1] else torch.ones(T_after.shape[0], dtype=T_after.dtype)
     return acc, T_final
 
 
