@@ -77,3 +77,20 @@ def test_half_written_checkpoints_are_ignored(tmp_path):
     partial.mkdir()
     (partial / "tensors.safetensors").write_bytes(b"")  # meta.json never written: a killed save
     assert latest_checkpoint(tmp_path).name == "step-00000005"
+
+
+def test_mouth_box_loss_looks_only_around_the_mouth():
+    from talksplat.recipes.data import INSIDE_MOUTH, LIPS
+    from talksplat.recipes.talkinggaussian import _mouth_box_l1
+
+    labels = torch.zeros(64, 64, dtype=torch.uint8)
+    labels[40:44, 28:36] = LIPS
+    labels[44:46, 30:34] = INSIDE_MOUTH
+    target = torch.zeros(64, 64, 3)
+    far_change = target.clone()
+    far_change[0:10, 0:10] = 1.0
+    mouth_change = target.clone()
+    mouth_change[42:45, 30:34] = 1.0
+    assert _mouth_box_l1(far_change, target, labels).item() == 0.0
+    assert _mouth_box_l1(mouth_change, target, labels).item() > 0.0
+    assert _mouth_box_l1(mouth_change, target, torch.zeros_like(labels)).item() == 0.0
