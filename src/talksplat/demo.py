@@ -69,7 +69,7 @@ def run_demo(out_dir: Path, cfg: DemoConfig) -> dict:
     summary = timed("train", lambda: train(subject, "talkinggaussian", recipe_cfg, TrainerConfig(eval_frames=8)))
 
     renderer = Renderer(subject)
-    unseen = _unseen_clip(bundled_clips(), synth_cfg, cfg.seed)
+    unseen = _unseen_clip(bundled_clips(), video.parent / "ground_truth.json")
     unseen_wav = work / "unseen.wav"
     samples = load_audio(unseen["path"], 16_000)[: int(cfg.unseen_clip_seconds * 16_000)]
     save_wav(unseen_wav, samples)
@@ -98,20 +98,19 @@ def _cached_synth(generate, synth_cfg, folder: Path) -> Path:
     return video
 
 
-def _unseen_clip(clips: list[dict], synth_cfg, seed: int) -> dict:
-    """A bundled clip the synthetic subject's audio did not use."""
-    used_seconds, start = 0.0, seed % len(clips)
-    for i in range(len(clips)):
-        clip = clips[(start + i) % len(clips)]
-        if used_seconds >= synth_cfg.seconds:
+def _unseen_clip(clips: list[dict], ground_truth: Path) -> dict:
+    """A bundled clip the synthetic subject's audio did not use (its ground truth lists them)."""
+    used = {source["file"] for source in json.loads(ground_truth.read_text())["audio"]["sources"]}
+    for clip in clips:
+        if clip["file"] not in used:
             return clip
-        used_seconds += float(clip["duration_s"]) + 0.4
     raise TalksplatError("every bundled clip drives the synthetic subject; use a shorter --seconds")
 
 
 @torch.no_grad()
 def _side_by_side(renderer, subject: Path, out_path: Path) -> dict:
     """Ground truth | render of the held-out frames, with their own audio."""
+    from talksplat.features.audio import SAMPLES_PER_FRAME
     from talksplat.io.audio import load_audio
     from talksplat.io.video import VideoWriter
     from talksplat.train.losses import psnr
@@ -119,8 +118,7 @@ def _side_by_side(renderer, subject: Path, out_path: Path) -> dict:
     data, model = renderer.data, renderer.model
     frames = data.val_frames
     samples = load_audio(subject / "audio" / "audio.wav", 16_000)
-    per_frame = 16_000 // 25
-    clip = samples[int(frames[0]) * per_frame: (int(frames[-1]) + 1) * per_frame]
+    clip = samples[int(frames[0]) * SAMPLES_PER_FRAME: (int(frames[-1]) + 1) * SAMPLES_PER_FRAME]
     scores = []
     with VideoWriter(out_path, 2 * data.size, data.size, fps=25, audio=clip, sample_rate=16_000) as writer:
         for t in frames:

@@ -6,6 +6,7 @@ resolution. Frames stay uint8 and memory-mapped; one frame is converted to float
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +67,7 @@ class SubjectData:
 
 
 def load_subject_data(subject_dir: Path, size: int, audio_feature: str = "mel") -> SubjectData:
-    from talksplat.prepare.layout import load_subject
+    from talksplat.prepare.layout import SPLIT_JSON, load_subject
 
     subject_dir = Path(subject_dir)
     if not (subject_dir / "subject.json").exists():
@@ -86,7 +87,7 @@ def load_subject_data(subject_dir: Path, size: int, audio_feature: str = "mel") 
 
     background = cv2.resize(raw["background"], (size, size), interpolation=cv2.INTER_AREA)
     ex = raw["expressions"]
-    split = meta.get("split") or _read_split(subject_dir)
+    split = meta.get("split") or json.loads((subject_dir / SPLIT_JSON).read_text())
     train = np.arange(split["train"]["start"], split["train"]["stop"])
     val = np.arange(split["val"]["start"], split["val"]["stop"])
     return SubjectData(
@@ -98,12 +99,6 @@ def load_subject_data(subject_dir: Path, size: int, audio_feature: str = "mel") 
         audio=_load_audio_features(subject_dir, audio_feature, len(raw["frames"])),
         train_frames=train, val_frames=val, size=size, source_size=source,
     )
-
-
-def _read_split(subject_dir: Path) -> dict:
-    import json
-
-    return json.loads((subject_dir / "split.json").read_text())
 
 
 def _load_audio_features(subject_dir: Path, name: str, n_frames: int) -> Tensor | None:
