@@ -1,0 +1,470 @@
+"""``talksplat eval``: score a trained avatar, writing ``report.md``, ``metrics.json`` and plots.
+
+Two modes (docs/eval.md):
+
+- **self-reconstruction** (default): every held-out frame (the last 10% of the clip, never trained
+  on) is rendered with its own camera, audio, expression and backdrop, exactly as the recipe's
+  ``evaluate`` does, so render and ground truth are comparable pixel for pixel: image quality,
+  landmark distances, expression error, lip-opening agreement, lip sync, stability.
+- **cross-driven** (``audio=OTHER.wav``): the whole clip is rendered with ``Renderer.render_frames``
+  (poses ping-ponged over the training frames); there is no ground truth, so only lip sync, mouth
+  opening vs audio envelope and stability are scored, next to the same figures of the real
+  training video as the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from talksplat.errors import TalksplatError
+from talksplat.eval import metrics as M
+from talksplat.eval import signals as S
+
+EVAL_FORMAT = "talksplat.eval"
+EVAL_FORMAT_VERSION = 1
+SAMPLES_PER_FRAME = 640
+FPS = 25
+LABELS = {
+    "sync": "talksplat A/V offset scorer (per-lag lip-shape regression, no weights; not SyncNet Sync-C / LSE-C)",
+    "expression": ("expression error on the 7 landmark core coefficients (an AUE analogue; "
+                   "not OpenFace action units)"),
+    "lpips_missing": "not computed: no local backbone weights (pass --lpips-weights DIR)",
+    "lpips": "LPIPS (AlexNet, v0.1 linear layers) from the user's local weights",
+    "lmd": "LMD: MediaPipe FaceMesh landmarks of render vs ground truth, mean Euclidean distance, no alignment",
+    "stability": ("GaussianFlameTalk Sec. 3.3 stability on the nose trajectory; each component normalised by "
+                  "its maximum over both videos (ours and the reference); higher = less stable"),
+}
+
+
+@dataclass
+class StabilityConfig:
+    cutoff_hz: float = M.STABILITY_CUTOFF_HZ
+    fft_window: int = M.STABILITY_FFT_WINDOW
+    variability_window: int = M.STABILITY_VARIABILITY_WINDOW
+
+
+@dataclass
+class EvalConfig:
+    landmark_size: int = 256            # frames are resized to this square size for FaceMesh; LMD is in its pixels
+    psnr_cap_db: float = M.PSNR_CAP_DB  # PSNR of identical images
+    max_frames: int | None = None       # self-reconstruction: score only the first N held-out frames
+    reference_max_seconds: float = 60.0  # cross-driven: seconds of the real video scored as the reference
+    lpips_weights: Path | None = None   # folder with AlexNet + LPIPS linear weights (else LPIPS is skipped)
+    pose: str = "loop"                  # cross-driven: RenderOptions.pose ("loop" or "still")
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.landmark_size < 128:
+            raise TalksplatError(f"--landmark-size must be at least 128 (FaceMesh misses small faces), "
+                                 f"got {self.landmark_size}")
+        if self.max_frames is not None and self.max_frames < M.STABILITY_MIN_FRAMES:
+            raise TalksplatError(f"--max-frames must be at least {M.STABILITY_MIN_FRAMES}, got {self.max_frames}")
+        if self.reference_max_seconds <= 0:
+            raise TalksplatError("the reference length must be positive")
+        if self.pose not in ("loop", "still"):
+            raise TalksplatError(f"pose must be 'loop' or 'still', got {self.pose!r}")
+        if self.lpips_weights is not None and not Path(self.lpips_weights).is_dir():
+            raise TalksplatError(f"LPIPS weights folder {self.lpips_weights} does not exist")
+
+
+@dataclass
+class _Clip:
+    """What was rendered and tracked, kept for the plots and the landmark file."""
+
+    frames: np.ndarray                       # (T,) subject frame index (self) or output frame (cross)
+    ours: np.ndarray                         # (T, 478, 3) landmarks of the render
+    reference: np.ndarray                    # (Tr, 478, 3) landmarks of the real frames
+    samples: np.ndarray                      # driving audio of ``ours``
+    reference_samples: np.ndarray            # audio of the reference frames
+    per_frame: dict[str, list] = field(default_factory=dict)
+    render_seconds: list[float] = field(default_factory=list)
+
+
+def default_out_dir(subject_dir: Path, audio: Path | None) -> Path:
+    """SUBJECT/eval for self-reconstruction, SUBJECT/eval/driven-<audio stem> for cross-driven audio."""
+    base = Path(subject_dir) / "eval"
+    return base if audio is None else base / f"driven-{Path(audio).stem}"
+
+
+def evaluate_subject(subject_dir: Path, run_dir: Path | None = None, audio: Path | None = None,
+                     out_dir: Path | None = None, config: EvalConfig | None = None,
+                     recipe: str = "talkinggaussian") -> dict:
+    """Evaluates the trained avatar of ``subject_dir`` and writes the report (see the module docstring).
+
+    Args:
+        subject_dir: a prepared subject with a trained run; run_dir: the run (default
+            SUBJECT/runs/RECIPE); audio: driving speech for the cross-driven mode (None =
+            self-reconstruction on the held-out frames); out_dir: default :func:`default_out_dir`.
+    Returns:
+        the metrics dictionary also written to ``out_dir/metrics.json``.
+    """
+    from talksplat.render.renderer import Renderer
+    from talksplat.train.trainer import run_dir as default_run_dir
+
+    config = config or EvalConfig()
+    config.validate()
+    subject_dir = Path(subject_dir)
+    if audio is not None and not Path(audio).is_file():
+        raise TalksplatError(f"audio file {audio} does not exist")
+    if not (subject_dir / "subject.json").is_file():
+        raise TalksplatError(f"{subject_dir} is not a prepared subject (no subject.json); "
+                             f"run `talksplat prepare VIDEO -o {subject_dir}` first")
+    lpips_model = None
+    if config.lpips_weights is not None:
+        from talksplat.eval.lpips import load_lpips
+
+        lpips_model = load_lpips(Path(config.lpips_weights))
+    run = Path(run_dir) if run_dir else default_run_dir(subject_dir, recipe)
+    renderer = Renderer(subject_dir, run, recipe)
+    if audio is None:
+        result, clip = _self_reconstruction(renderer, config, lpips_model)
+    else:
+        result, clip = _cross_driven(renderer, Path(audio), config)
+    result = {"format": EVAL_FORMAT, "format_version": EVAL_FORMAT_VERSION, "subject": str(subject_dir.resolve()),
+              "run": str(run.resolve()), "recipe": recipe, **result,
+              "efficiency": {**training_cost(run), **render_speed(clip.render_seconds, renderer.data.size)},
+              "labels": LABELS, "config": _jsonable(asdict(config))}
+    out = Path(out_dir) if out_dir else default_out_dir(subject_dir, audio)
+    write_outputs(out, result, clip, config)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- modes
+
+
+def _uint8(image: torch.Tensor) -> np.ndarray:
+    return (image.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def _head_box(labels: np.ndarray) -> tuple[slice, slice] | None:
+    from talksplat.recipes.data import HEAD_LABELS
+
+    ys, xs = np.nonzero(np.isin(labels, HEAD_LABELS))
+    if len(ys) == 0:
+        return None
+    return slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)
+
+
+def _image_scores(rendered: np.ndarray, truth: np.ndarray, cap_db: float, lpips_model) -> dict[str, float]:
+    scores = {"psnr": M.psnr(rendered, truth, cap_db), "ssim": M.ssim(rendered, truth),
+              "ms_ssim": M.ms_ssim(rendered, truth)}
+    if lpips_model is not None:
+        scores["lpips"] = lpips_model.distance(rendered, truth)
+    return scores
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="frame", disable=not enabled, dynamic_ncols=True)
+
+
+def _subject_audio(renderer) -> np.ndarray:
+    from talksplat.io.audio import load_audio
+
+    path = renderer.subject_dir / "audio" / "audio.wav"
+    if not path.is_file():
+        raise TalksplatError(f"{path} is missing; re-run `talksplat prepare` on a video with sound")
+    return load_audio(path, 16_000)
+
+
+def _audio_slice(samples: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Samples of frames [start, stop), zero-padded past the end."""
+    out = np.zeros((stop - start) * SAMPLES_PER_FRAME, np.float32)
+    part = samples[start * SAMPLES_PER_FRAME: stop * SAMPLES_PER_FRAME]
+    out[:part.size] = part
+    return out
+
+
+@torch.no_grad()
+def _self_reconstruction(renderer, config: EvalConfig, lpips_model) -> tuple[dict, _Clip]:
+    data, model = renderer.data, renderer.model
+    frames = np.asarray(data.val_frames)[:config.max_frames]
+    if len(frames) < M.STABILITY_MIN_FRAMES:
+        raise TalksplatError(f"the subject has only {len(frames)} held-out frames; at least "
+                             f"{M.STABILITY_MIN_FRAMES} are needed (prepare a longer clip)")
+    per_frame: dict[str, list] = {"frame": [int(t) for t in frames]}
+    ours, truth_lms, seconds = [], [], []
+    with S.LandmarkTracker(config.landmark_size) as track_ours, S.LandmarkTracker(config.landmark_size) as track_gt:
+        for t in _progress(frames, len(frames), "eval: rendering held-out frames", config.progress):
+            tic = time.perf_counter()
+            image = model.render(int(t))["image"]
+            seconds.append(time.perf_counter() - tic)
+            rendered, truth = _uint8(image), _uint8(data.image(int(t)))
+            scores = {f"{k}_full": v for k, v in _image_scores(rendered, truth, config.psnr_cap_db, lpips_model).items()}
+            box = _head_box(data.labels(int(t)).numpy())
+            if box is not None:
+                head = _image_scores(rendered[box], truth[box], config.psnr_cap_db, lpips_model)
+                scores["head_box_px"] = min(rendered[box].shape[:2])
+            else:                          # no head labels in this frame: keep the per-frame lists aligned
+                head = {k[:-5]: math.nan for k in scores}
+                scores["head_box_px"] = math.nan
+            scores.update({f"{k}_head": v for k, v in head.items()})
+            for k, v in scores.items():
+                per_frame.setdefault(k, []).append(v)
+            ours.append(track_ours(rendered))
+            truth_lms.append(track_gt(truth))
+    samples = _audio_slice(_subject_audio(renderer), int(frames[0]), int(frames[-1]) + 1)
+    clip = _Clip(frames, np.stack(ours), np.stack(truth_lms), samples, samples, per_frame, seconds)
+    result = {
+        "mode": "self",
+        "frames": {"evaluated": len(frames), "first": int(frames[0]), "last": int(frames[-1]),
+                   "size": data.size, "landmark_size": config.landmark_size},
+        "image": _image_summary(per_frame, data.size, config, lpips_model is not None),
+        "motion": _motion_summary(clip, renderer.subject_dir, config),
+        "sync": _sync_summary(clip),
+        "stability": _stability_summary(clip, config),
+    }
+    return result, clip
+
+
+@torch.no_grad()
+def _cross_driven(renderer, audio: Path, config: EvalConfig) -> tuple[dict, _Clip]:
+    from talksplat.features.audio import load_audio_16k, num_frames_for_samples
+    from talksplat.render.renderer import MAX_AUDIO_SECONDS, RenderOptions
+
+    samples = load_audio_16k(audio)
+    if len(samples) / 16_000 > MAX_AUDIO_SECONDS:
+        raise TalksplatError(f"{audio} is {len(samples) / 16_000:.0f} s long; the limit is "
+                             f"{MAX_AUDIO_SECONDS:.0f} s, split it into shorter files")
+    n = num_frames_for_samples(len(samples))
+    if n < M.STABILITY_MIN_FRAMES:
+        raise TalksplatError(f"{audio} is {len(samples) / 16_000:.2f} s long; at least "
+                             f"{M.STABILITY_MIN_FRAMES / FPS:.2f} s is needed")
+    data = renderer.data
+    ours, seconds = [], []
+    generator = renderer.render_frames(samples, RenderOptions(pose=config.pose))
+    with S.LandmarkTracker(config.landmark_size) as tracker:
+        for _ in _progress(range(n), n, "eval: rendering the driven clip", config.progress):
+            tic = time.perf_counter()
+            frame = next(generator)
+            seconds.append(time.perf_counter() - tic)
+            ours.append(tracker(frame))
+    n_ref = min(data.n_frames, max(M.STABILITY_MIN_FRAMES, round(config.reference_max_seconds * FPS)))
+    with S.LandmarkTracker(config.landmark_size) as tracker:
+        reference = [tracker(_uint8(data.image(t)))
+                     for t in _progress(range(n_ref), n_ref, "eval: tracking the real video", config.progress)]
+    ref_samples = _audio_slice(_subject_audio(renderer), 0, n_ref)
+    clip = _Clip(np.arange(n), np.stack(ours), np.stack(reference), _audio_slice(samples, 0, n), ref_samples,
+                 {"frame": list(range(n))}, seconds)
+    result = {
+        "mode": "cross",
+        "audio": str(Path(audio).resolve()),
+        "frames": {"evaluated": n, "reference_frames": n_ref, "size": data.size,
+                   "landmark_size": config.landmark_size, "pose": config.pose},
+        "image": {"not_applicable": "cross-driven: there is no ground-truth video for this audio"},
+        "motion": {"not_applicable": "cross-driven: there is no ground-truth video for this audio"},
+        "sync": _sync_summary(clip),
+        "stability": _stability_summary(clip, config),
+    }
+    return result, clip
+
+
+# ---------------------------------------------------------------------------------------------- summaries
+
+
+def _mean(values) -> float:
+    x = np.asarray(values, np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else math.nan
+
+
+def _image_summary(per_frame: dict[str, list], size: int, config: EvalConfig, with_lpips: bool) -> dict:
+    out: dict = {}
+    for region in ("full", "head"):
+        if not np.isfinite(per_frame[f"psnr_{region}"]).any():
+            out[region] = None
+            continue
+        sides = [size] if region == "full" else np.asarray(per_frame["head_box_px"], np.float64)
+        scales = [M.ms_ssim_scales(int(x), int(x)) for x in sides if np.isfinite(x)]
+        out[region] = {"psnr": _mean(per_frame[f"psnr_{region}"]), "ssim": _mean(per_frame[f"ssim_{region}"]),
+                       "ms_ssim": _mean(per_frame[f"ms_ssim_{region}"]),
+                       "ms_ssim_scales": min(scales), "ms_ssim_scales_max": max(scales),
+                       "lpips": _mean(per_frame[f"lpips_{region}"]) if with_lpips else None,
+                       "frames": int(np.isfinite(per_frame[f"psnr_{region}"]).sum())}
+    out["psnr_cap_db"] = config.psnr_cap_db
+    out["psnr_capped_frames"] = int(sum(v >= config.psnr_cap_db for v in per_frame.get("psnr_full", [])))
+    out["lpips"] = LABELS["lpips"] if with_lpips else LABELS["lpips_missing"]
+    return out
+
+
+def _motion_summary(clip: _Clip, subject_dir: Path, config: EvalConfig) -> dict:
+    from talksplat.features.expression import CORE_NAMES
+
+    ours, truth = clip.ours, clip.reference
+    both = S.detected(ours) & S.detected(truth)
+    clip.per_frame["lmd_all_px"] = M.lmd_per_frame(ours, truth).tolist()
+    clip.per_frame["lmd_mouth_px"] = M.lmd_per_frame(ours, truth, S.MOUTH_LANDMARKS).tolist()
+    open_ours, open_truth = S.lip_opening(ours), S.lip_opening(truth)
+    clip.per_frame["lip_opening_ours"], clip.per_frame["lip_opening_truth"] = open_ours.tolist(), open_truth.tolist()
+    raw_ours, raw_truth = S.core_expressions_raw(ours), S.core_expressions_raw(truth)
+    zero, one = _expression_mapping(subject_dir, clip.frames, raw_truth)
+    expr_ours = S.normalise_expressions(raw_ours, zero, one)
+    expr_truth = S.normalise_expressions(raw_truth, zero, one)
+    raw_error = M.expression_error(raw_ours, raw_truth, CORE_NAMES)["per_coefficient"]
+    return {
+        "landmark_size": config.landmark_size,
+        "frames_tracked": {"ours": int(S.detected(ours).sum()), "truth": int(S.detected(truth).sum()),
+                           "both": int(both.sum()), "of": len(ours)},
+        "inter_ocular_px": S.inter_ocular_px(truth),
+        "lmd_all_px": M.lmd(ours, truth),
+        "lmd_mouth_px": M.lmd(ours, truth, S.MOUTH_LANDMARKS),
+        "expression_error": {**M.expression_error(expr_ours, expr_truth, CORE_NAMES), "label": LABELS["expression"],
+                             "raw_per_coefficient": raw_error,
+                             "raw_unit": "eye aspect ratio (blinks), inter-ocular distances (brows)"},
+        "lip_opening": {"correlation": M.pearson(open_ours, open_truth),
+                        "mae_iod": _mean(np.abs(open_ours - open_truth)),
+                        "unit": "inner-lip gap (13-14) / outer-eye-corner distance (33-263)"},
+    }
+
+
+def _expression_mapping(subject_dir: Path, frames: np.ndarray, raw_truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Raw -> [0, 1] mapping of the 7 core coefficients: the subject's own (fitted on its whole
+    prepared clip, ``expressions.npz`` ``core_raw``), shifted by the median difference between our
+    tracking of the evaluated ground-truth frames and prepare's (full-resolution) tracking of the
+    same frames, so a tracking bias between the two pipelines does not push values into the clip
+    limits. Without ``core_raw``, fitted on the evaluated ground-truth frames themselves."""
+    path = Path(subject_dir) / "expressions.npz"
+    subject_raw = None
+    if path.is_file():
+        with np.load(path) as ex:
+            if "core_raw" in ex.files:
+                subject_raw = np.asarray(ex["core_raw"], np.float64)
+    if subject_raw is None or len(subject_raw) <= int(np.max(frames)):
+        return S.expression_normalisation(raw_truth)
+    zero, one = S.expression_normalisation(subject_raw)
+    difference = raw_truth - subject_raw[frames]
+    ok = np.all(np.isfinite(difference), axis=1)
+    bias = np.median(difference[ok], axis=0) if ok.any() else np.zeros(zero.shape)
+    return zero + bias, one + bias
+
+
+def _sync_of(landmarks: np.ndarray, samples: np.ndarray) -> dict:
+    opening = S.lip_opening(landmarks)
+    envelope = M.audio_envelope(samples, len(landmarks))
+    lag, lag_r = M.lagged_correlation(opening, envelope)
+    return {**M.av_sync(landmarks[:, list(S.MOUTH_LANDMARKS), :2], samples),
+            "envelope_correlation": M.pearson(opening, envelope),
+            "envelope_best_lag_frames": lag, "envelope_best_lag_correlation": lag_r,
+            "frames": len(landmarks)}
+
+
+def _sync_summary(clip: _Clip) -> dict:
+    ours = _sync_of(clip.ours, clip.samples)
+    reference = _sync_of(clip.reference, clip.reference_samples)
+    clip.per_frame["envelope_db"] = M.audio_envelope(clip.samples, len(clip.ours)).tolist()
+    clip.per_frame.setdefault("lip_opening_ours", S.lip_opening(clip.ours).tolist())
+    return {"label": LABELS["sync"], "ours": ours, "reference": reference}
+
+
+def _stability_summary(clip: _Clip, config: EvalConfig) -> dict:
+    st = config.stability
+    tracks = {"ours": S.nose_track(clip.ours), "reference": S.nose_track(clip.reference)}
+    usable = {k: v for k, v in tracks.items() if S.detected(v[:, None]).sum() >= 2}
+    out: dict = {"label": LABELS["stability"], "cutoff_hz": st.cutoff_hz, "fft_window": st.fft_window,
+                 "variability_window": st.variability_window, "landmarks": list(S.NOSE_LANDMARKS)}
+    if len(usable) < len(tracks):
+        missing = ", ".join(k for k in tracks if k not in usable)
+        out["not_computed"] = f"the face was found in fewer than 2 frames of: {missing}"
+        return out
+    results = M.stability_scores(list(usable.values()), M.FPS, st.cutoff_hz, st.fft_window, st.variability_window)
+    for key, res in zip(usable, results, strict=True):
+        out[key] = {"score": res.score, "normalised": res.normalised, "raw": res.raw, "frames": res.frames}
+    out["normalisers"] = results[0].normalisers
+    return out
+
+
+def training_cost(run: Path) -> dict:
+    """Training wall time and iterations of a run, from its latest checkpoint (and summary.json)."""
+    from talksplat.train.checkpoint import latest_checkpoint
+
+    out: dict = {"train_seconds": None, "checkpoint_step": None}
+    ckpt = latest_checkpoint(Path(run) / "checkpoints")
+    if ckpt is not None and (ckpt / "meta.json").is_file():
+        meta = json.loads((ckpt / "meta.json").read_text())
+        out["train_seconds"] = meta.get("progress", {}).get("train_seconds")
+        out["checkpoint_step"] = meta.get("step")
+        out["checkpoint"] = ckpt.name
+    summary = Path(run) / "summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        out.update({"summary_train_seconds": s.get("train_seconds"), "iterations": s.get("iterations"),
+                    "ms_per_iteration_median": s.get("ms_per_iteration_median"),
+                    "train_threads": s.get("threads"), "gaussians": s.get("gaussians")})
+    return out
+
+
+def render_speed(seconds: list[float], size: int) -> dict:
+    """Rendering frames per second from per-frame wall times (first frame included: it holds warm-up
+    and, cross-driven, the audio features)."""
+    total = float(np.sum(seconds))
+    return {"render_frames": len(seconds), "render_size": size, "render_threads": torch.get_num_threads(),
+            "render_fps": len(seconds) / total if total > 0 else None,
+            "render_ms_per_frame_median": float(np.median(seconds)) * 1000 if seconds else None}
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def _jsonable(obj):
+    """Plain JSON types; NaN and infinities become null."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.bool_ | bool):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def write_outputs(out_dir: Path, result: dict, clip: _Clip, config: EvalConfig) -> None:
+    """Plots, landmarks.npz, metrics.json and report.md into ``out_dir`` (each written atomically)."""
+    from talksplat.eval import plots
+    from talksplat.eval.report import render_report
+    from talksplat.io.atomic import atomic_path, write_bytes_atomic
+
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TalksplatError(f"cannot create output folder {out_dir}: {exc.strerror}; pass -o DIR") from exc
+    pf = clip.per_frame
+    written = []
+    if "psnr_full" in pf and "psnr_head" in pf:
+        written.append(plots.per_frame_psnr(out_dir / "per_frame_psnr.png", np.asarray(pf["frame"]),
+                                            np.asarray(pf["psnr_full"]), np.asarray(pf["psnr_head"]),
+                                            config.psnr_cap_db))
+    seconds = (np.asarray(pf["frame"], np.float64) + 0.5) / FPS
+    written.append(plots.mouth_vs_envelope(out_dir / "mouth_vs_envelope.png", seconds,
+                                           np.asarray(pf["lip_opening_ours"]), np.asarray(pf["envelope_db"]),
+                                           np.asarray(pf["lip_opening_truth"]) if "lip_opening_truth" in pf else None))
+    if "not_computed" not in result["stability"]:
+        label = "ground truth" if result["mode"] == "self" else "real training video"
+        spectra = {"ours": M.trajectory_spectrum(S.nose_track(clip.ours)),
+                   label: M.trajectory_spectrum(S.nose_track(clip.reference))}
+        written.append(plots.nose_spectra(out_dir / "nose_spectra.png", spectra, config.stability.cutoff_hz))
+    with atomic_path(out_dir / "landmarks.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, ours=clip.ours, reference=clip.reference, frames=clip.frames)
+    result["plots"] = [p.name for p in written]
+    result["per_frame"] = pf
+    clean = _jsonable(result)
+    result.clear()
+    result.update(clean)
+    write_bytes_atomic(out_dir / "metrics.json", (json.dumps(clean, indent=1) + "\n").encode())
+    write_bytes_atomic(out_dir / "report.md", render_report(clean).encode())

@@ -1,0 +1,78 @@
+"""``talksplat eval`` end to end on the tiny demo's trained subject (self-reconstruction and cross-driven)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from talksplat.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """The tiny demo's output folder (a trained subject in work/subject, unseen speech in work/unseen.wav)."""
+    out = tmp_path_factory.mktemp("eval") / "demo"
+    result = subprocess.run([sys.executable, "-m", "talksplat.cli.main", "demo", "--tiny", "-o", str(out)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-800:]
+    return out
+
+
+@pytest.mark.slow
+def test_eval_self_reconstruction_writes_report_metrics_and_plots(demo, capsys):
+    subject = demo / "work" / "subject"
+    assert main(["eval", str(subject), "--quiet"]) == 0
+    assert "report.md" in capsys.readouterr().out
+    out = subject / "eval"
+    for name in ("report.md", "metrics.json", "per_frame_psnr.png", "mouth_vs_envelope.png", "nose_spectra.png",
+                 "landmarks.npz"):
+        assert (out / name).stat().st_size > 0, name
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["mode"] == "self" and m["frames"]["evaluated"] == 14
+    full, head = m["image"]["full"], m["image"]["head"]
+    assert 15 < head["psnr"] < full["psnr"] < 100 and 0 < full["ssim"] <= 1 and 0 < full["ms_ssim"] <= 1
+    assert full["ms_ssim_scales"] == 3 and full["lpips"] is None          # 64 px; no LPIPS weights given
+    motion = m["motion"]
+    assert motion["frames_tracked"]["both"] >= 10
+    assert 0 <= motion["lmd_mouth_px"] < 10 and 0 <= motion["lmd_all_px"] < 10
+    assert 0 <= motion["expression_error"]["mean"] <= 1
+    assert set(m["sync"]) == {"label", "ours", "reference"}
+    assert m["sync"]["ours"]["reliable"] is False                         # 14 frames: too short to trust
+    st = m["stability"]
+    assert 0 <= st["ours"]["score"] <= 1 and 0 <= st["reference"]["score"] <= 1
+    assert m["efficiency"]["train_seconds"] > 0 and m["efficiency"]["render_fps"] > 0
+    assert len(m["per_frame"]["psnr_full"]) == 14
+    report = (out / "report.md").read_text()
+    for text in ("not computed: no local backbone weights (pass --lpips-weights DIR)",
+                 "not SyncNet Sync-C", "AUE analogue", "GaussianFlameTalk", "pixels of a 256x256 crop",
+                 "![per-frame PSNR](per_frame_psnr.png)"):
+        assert text in report, text
+
+
+@pytest.mark.slow
+def test_eval_cross_driven_scores_sync_and_stability(demo, tmp_path, capsys):
+    subject, out = demo / "work" / "subject", tmp_path / "driven"
+    assert main(["eval", str(subject), "--audio", str(demo / "work" / "unseen.wav"), "-o", str(out),
+                 "--quiet", "--reference-seconds", "4"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["mode"] == "cross" and m["frames"]["evaluated"] == 25 and m["frames"]["reference_frames"] == 100
+    assert "not_applicable" in m["image"] and "not_applicable" in m["motion"]
+    assert m["sync"]["reference"]["frames"] == 100 and m["sync"]["ours"]["frames"] == 25
+    assert m["stability"]["ours"]["frames"] == 25
+    assert m["plots"] == ["mouth_vs_envelope.png", "nose_spectra.png"]
+    assert "Not applicable" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_eval_bad_input_is_a_one_line_error(demo, tmp_path, capsys):
+    subject = demo / "work" / "subject"
+    assert main(["eval", str(subject), "--audio", str(tmp_path / "missing.wav")]) == 2
+    assert main(["eval", str(tmp_path / "nothing")]) == 2
+    assert main(["eval", str(subject), "--lpips-weights", str(tmp_path)]) == 2     # empty folder
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(line.startswith("talksplat eval: error:") for line in errors)
+    assert "missing.wav does not exist" in errors[0] and "no AlexNet backbone" in errors[2]
