@@ -2,36 +2,94 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from pathlib import Path
 
 from talksplat.errors import TalksplatError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("render", help="render a trained subject speaking the given audio")
+    p = subparsers.add_parser("render", help="render a trained subject speaking the given audio",
+                              description="Render a trained subject speaking SPEECH: H.264 MP4 (yuv420p, 25 fps) "
+                                          "with the audio muxed, written atomically (docs/render.md).")
     p.add_argument("subject", type=Path)
-    p.add_argument("--audio", type=Path, required=True, help="wav/mp3/flac/ogg/m4a speech")
+    p.add_argument("--audio", type=Path, required=True, help="wav/mp3/flac/ogg/m4a speech (at most 600 s)")
     p.add_argument("-o", "--out", type=Path, required=True, help="output .mp4")
     p.add_argument("--recipe", default="talkinggaussian")
     p.add_argument("--run", type=Path, help="run folder (default SUBJECT/runs/RECIPE)")
-    p.add_argument("--pose", choices=("loop", "still"), default="loop")
-    p.add_argument("--expression", choices=("video", "neutral"), default="video")
-    p.add_argument("--full-frame", action="store_true", help="paste back into the original full frames")
+    p.add_argument("--pose", choices=("loop", "still", "range"), default=None,
+                   help="head pose: ping-pong over the training frames (loop, default), hold one frame (still), "
+                        "or ping-pong over --pose-range (range)")
+    p.add_argument("--pose-range", type=_frame_range, metavar="START:END",
+                   help="source frames START..END-1 of the prepared video for pose, expression and backdrop "
+                        "(implies --pose range; with --pose still, holds START)")
+    p.add_argument("--expression", choices=("video", "neutral"), default="video",
+                   help="expression coefficients of the pose's source frame, or the training median")
+    p.add_argument("--full-frame", action="store_true",
+                   help="paste back into the original full-resolution frames (else the training-size crop)")
+    p.add_argument("--preset", default="medium",
+                   choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"),
+                   help="x264 speed preset (veryfast: ~2x faster encoding than medium at about the same size)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from talksplat.render.renderer import Renderer, RenderOptions, render_video
+def _frame_range(text: str) -> tuple[int, int]:
+    import argparse
 
+    start, sep, stop = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(start), int(stop)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:END frame numbers, e.g. 0:250 (got {text!r})") from None
+
+
+def _options(args):
+    from talksplat.render.renderer import RenderOptions
+
+    pose = args.pose or ("range" if args.pose_range is not None else "loop")
+    if pose == "loop" and args.pose_range is not None:
+        raise TalksplatError("--pose loop uses the training frames; to loop over --pose-range use --pose range")
+    return RenderOptions(pose=pose, expression=args.expression, full_frame=args.full_frame,
+                         pose_range=args.pose_range)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM raises SystemExit, so the atomic writer removes its temporary file on `kill`."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:     # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(args) -> int:
+    from talksplat.render.renderer import Renderer, check_output_path, render_video
+
+    options = _options(args)
     if not args.audio.is_file():
         raise TalksplatError(f"audio file {args.audio} does not exist")
-    if args.out.suffix.lower() != ".mp4":
-        raise TalksplatError(f"output must be an .mp4 file, got {args.out}")
-    if not args.out.parent.exists():
-        raise TalksplatError(f"output folder {args.out.parent} does not exist; create it first")
-    renderer = Renderer(args.subject, args.run, args.recipe)
-    summary = render_video(renderer, args.audio, args.out,
-                           RenderOptions(pose=args.pose, expression=args.expression, full_frame=args.full_frame))
-    print(f"wrote {summary['output']}: {summary['frames']} frames, {summary['seconds']:.2f} s, "
-          f"{summary['size'][0]}x{summary['size'][1]}")
+    check_output_path(args.out)
+    with _sigterm_unwinds():
+        renderer = Renderer(args.subject, args.run, args.recipe)
+        summary = render_video(renderer, args.audio, args.out, options, progress=not args.quiet,
+                               preset=args.preset)
+    line = (f"wrote {summary['output']}: {summary['frames']} frames, {summary['seconds']:.2f} s, "
+            f"{summary['size'][0]}x{summary['size'][1]}, {summary['fps']} frames/s")
+    seam = summary.get("seam")
+    if seam:
+        line += (f"; seam |dI/dn| {seam['rendered']:.2f} vs original {seam['original']:.2f} "
+                 f"(ratio {seam['ratio']}, {'no visible seam' if seam['no_visible_seam'] else 'SEAM'})")
+    print(line)
     return 0

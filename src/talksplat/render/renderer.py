@@ -4,13 +4,24 @@ Pipeline per output frame: audio features -> audio code (with temporal attention
 of both branches -> rasterize -> fuse -> composite over the backdrop (plate + torso/neck of the
 matching source frame) -> paste back into the source frame at full resolution with a feathered
 mask -> H.264 with the driving audio muxed (written atomically).
+
+    renderer = Renderer(subject_dir)                      # loads the latest checkpoint once
+    for frame in renderer.render_frames(samples):         # whole clip, frames yielded lazily
+        ...
+    stream = renderer.stream(RenderOptions())             # incremental audio, bounded latency
+    frames = stream.push(chunk) ... stream.flush()
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
+import time
+from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -18,18 +29,35 @@ import numpy as np
 import torch
 
 from talksplat.errors import TalksplatError
+from talksplat.render.seam import FEATHER_SIGMA_FRACTION, Box, SeamMeter, feather_mask, paste
+from talksplat.render.stream import RenderStream, output_frame_count, streaming_feature
 
-PoseSource = Literal["loop", "still"]
+__all__ = ["FEATHER_SIGMA_FRACTION", "MAX_AUDIO_SECONDS", "RenderOptions", "RenderStream", "Renderer",
+           "output_frame_count", "pingpong", "render_video"]
+
+PoseSource = Literal["loop", "still", "range"]
 ExpressionSource = Literal["video", "neutral"]
-FEATHER_SIGMA_FRACTION = 0.02  # paste-back mask blur, as a fraction of the crop side
-MAX_AUDIO_SECONDS = 600.0
+MAX_AUDIO_SECONDS = 600.0   # longer audio is refused before it is decoded: split it into parts
+FPS = 25
+SAMPLE_RATE = 16_000
 
 
 @dataclass
 class RenderOptions:
-    pose: PoseSource = "loop"          # ping-pong over the training frames' poses, or hold frame 0
+    """What drives everything but the mouth.
+
+    pose: ``loop`` ping-pongs over the training frames' poses (no jump cuts), ``still`` holds one
+    pose (the first training frame, or ``pose_range``'s start), ``range`` ping-pongs over the frames
+    ``pose_range = (start, stop)`` (stop exclusive; any frames of the prepared video).
+    expression: ``video`` takes the blink/brow/... coefficients of the same source frame as the pose,
+    ``neutral`` the training frames' median.
+    full_frame: paste back into the original full-resolution frames instead of returning the crop.
+    """
+
+    pose: PoseSource = "loop"
     expression: ExpressionSource = "video"
-    full_frame: bool = False           # paste back into the original frames instead of the crop
+    full_frame: bool = False
+    pose_range: tuple[int, int] | None = None
 
 
 def pingpong(i: int, frames: np.ndarray) -> int:
@@ -42,6 +70,21 @@ def pingpong(i: int, frames: np.ndarray) -> int:
     return int(frames[k if k < n else period - k])
 
 
+class StageTimer:
+    """Wall-clock seconds per named stage (for benchmarks/render.py)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, list[float]] = defaultdict(list)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name].append(time.perf_counter() - start)
+
+
 class Renderer:
     """Load a trained run once, then render frames for any audio."""
 
@@ -52,84 +95,288 @@ class Renderer:
         from talksplat.train.trainer import run_dir as default_run_dir
 
         self.subject_dir = Path(subject_dir)
+        if not self.subject_dir.is_dir():
+            raise TalksplatError(f"subject folder {self.subject_dir} does not exist (or is not a folder)")
+        if not (self.subject_dir / "subject.json").is_file():
+            raise TalksplatError(f"{self.subject_dir} is not a prepared subject (no subject.json); run "
+                                 f"`talksplat prepare VIDEO -o {self.subject_dir}` and `talksplat train` first")
         run = Path(run_dir) if run_dir else default_run_dir(self.subject_dir, recipe)
         ckpt = latest_checkpoint(run / "checkpoints")
         if ckpt is None:
             raise TalksplatError(f"no trained model in {run}; run `talksplat train {self.subject_dir}` first")
         recipe_cls, cfg_cls = recipe_classes(recipe)
-        tensors, cfg, _ = load_checkpoint(ckpt, recipe=recipe, config_type=cfg_cls)
+        tensors, cfg, meta = load_checkpoint(ckpt, recipe=recipe, config_type=cfg_cls)
         self.data = load_subject_data(self.subject_dir, cfg.size, cfg.audio_feature)
-        self.model = recipe_cls(self.data, cfg)
-        self.model.load_state_tensors(tensors)
+        try:
+            self.model = recipe_cls(self.data, cfg)
+            self.model.load_state_tensors(tensors)
+        except TalksplatError:
+            raise
+        except (RuntimeError, KeyError, ValueError, IndexError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TalksplatError(f"checkpoint {ckpt} does not fit this talksplat's {recipe} recipe ({first_line}); "
+                                 f"retrain with `talksplat train {self.subject_dir} --restart`") from exc
         self.model.eval()
         self.cfg = cfg
+        self.checkpoint = ckpt
+        self.checkpoint_step = meta.get("step")
         self.crop = json.loads((self.subject_dir / "crop.json").read_text())
+        self.box = Box.from_crop(self.crop)
+        self.neutral_expression = self.data.expressions[self.data.train_frames].median(dim=0).values
+        self.timer: StageTimer | None = None
+        self._source_frames = None
 
-    def audio_windows(self, samples: np.ndarray) -> torch.Tensor:
-        from talksplat.features.audio import AudioFeatures, num_frames_for_samples
+    # ---------------------------------------------------------------------------------- options
+    def check_options(self, options: RenderOptions | None) -> RenderOptions:
+        """Validates ``options`` against this subject (one-line TalksplatError) and returns them."""
+        options = options or RenderOptions()
+        if options.pose not in ("loop", "still", "range"):
+            raise TalksplatError(f"pose must be loop, still or range (got {options.pose!r})")
+        if options.expression not in ("video", "neutral"):
+            raise TalksplatError(f"expression must be video or neutral (got {options.expression!r})")
+        if options.pose == "range" and options.pose_range is None:
+            raise TalksplatError("pose 'range' needs a frame range: --pose-range START:END")
+        if options.pose_range is not None:
+            start, stop = (int(v) for v in options.pose_range)
+            n = self.data.n_frames
+            if not 0 <= start < stop <= n:
+                raise TalksplatError(f"pose range {start}:{stop} is not within the subject's frames 0:{n} "
+                                     "(START < END, END exclusive)")
+        return options
 
-        n_frames = num_frames_for_samples(len(samples))
+    def pose_frames(self, options: RenderOptions) -> np.ndarray:
+        """The source frames whose poses (and expressions, backdrops) the output cycles through."""
+        if options.pose_range is not None:
+            frames = np.arange(int(options.pose_range[0]), int(options.pose_range[1]))
+        else:
+            frames = np.asarray(self.data.train_frames)
+        return frames[:1] if options.pose == "still" else frames
+
+    def source_index(self, i: int, options: RenderOptions) -> int:
+        """The source frame that output frame ``i`` takes its pose, expression and backdrop from."""
+        return pingpong(i, self.pose_frames(options))
+
+    def output_size(self, options: RenderOptions) -> tuple[int, int]:
+        """(width, height) of the frames ``options`` produce."""
+        if options.full_frame:
+            frames = self.source_frames
+            return frames.width, frames.height
+        return self.cfg.size, self.cfg.size
+
+    # ---------------------------------------------------------------------------------- audio
+    def audio_windows(self, samples: np.ndarray, n_frames: int | None = None) -> torch.Tensor:
+        """The subject's audio feature of a whole clip, (n_frames, *frame_shape)."""
+        from talksplat.features.audio import AudioFeatures
+
+        n_frames = output_frame_count(len(samples)) if n_frames is None else n_frames
         feats = AudioFeatures(self.cfg.audio_feature).compute_samples(samples, n_frames)
         feats = feats[:, None, :] if feats.ndim == 2 else feats
         return torch.from_numpy(np.ascontiguousarray(feats)).float()
 
-    @torch.no_grad()
-    def render_frames(self, samples: np.ndarray, options: RenderOptions | None = None) -> Iterator[np.ndarray]:
-        """Yields one uint8 RGB frame per 1/25 s of ``samples`` (16 kHz mono float32)."""
-        options = options or RenderOptions()
-        windows = self.audio_windows(samples)
-        neutral = self.data.expressions[self.data.train_frames].median(dim=0).values
-        for i in range(windows.shape[0]):
-            src = pingpong(i, self.data.train_frames) if options.pose == "loop" else int(self.data.train_frames[0])
-            code = self.model.audio(windows, i)
-            expression = self.data.expressions[src] if options.expression == "video" else neutral
-            out = self.model.render(src, audio_code=code, expression=expression)
-            frame = (out["image"].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-            yield self.paste_back(frame, out["alpha"].numpy()[..., 0], src) if options.full_frame else frame
+    def audio_window_extent(self) -> tuple[int, int]:
+        """(frames before, frames after) whose audio windows the code of one frame attends to."""
+        size = getattr(getattr(self.model.audio, "config", None), "smoothing_frames", None)
+        if not isinstance(size, int) or size < 1:
+            raise TalksplatError("this model's audio encoder does not declare its temporal window "
+                                 "(config.smoothing_frames), so it cannot be streamed")
+        try:
+            from talksplat.fields.motion import temporal_window
+        except ImportError:   # the convention it documents: frames t - size//2 .. t - size//2 + size - 1
+            half = size // 2
+            return half, size - half - 1
+        probe = 1_000_000
+        idx = temporal_window(probe, 2 * probe, size)
+        return probe - int(idx.min()), int(idx.max()) - probe
 
-    def paste_back(self, crop_rgb: np.ndarray, alpha: np.ndarray, src: int) -> np.ndarray:
-        """Blends the rendered crop into source frame ``src`` with a feathered head mask."""
+    # ---------------------------------------------------------------------------------- frames
+    def stream(self, options: RenderOptions | None = None, seam_meter: SeamMeter | None = None) -> RenderStream:
+        """A :class:`RenderStream` for incremental audio (TalksplatError if the feature cannot stream)."""
+        options = self.check_options(options)
+        feature = streaming_feature(self.cfg.audio_feature)
+        expected = tuple(self.data.audio.shape[1:])
+        if tuple(feature.frame_shape) != expected:
+            raise TalksplatError(f"the streaming {feature.name} feature has shape {feature.frame_shape} but the "
+                                 f"model was trained on {expected}; retrain or render whole clips")
+        return RenderStream(self, options, feature, seam_meter)
+
+    def render_frames(self, samples: np.ndarray, options: RenderOptions | None = None,
+                      seam_meter: SeamMeter | None = None) -> Iterator[np.ndarray]:
+        """Yields ``output_frame_count(len(samples))`` uint8 RGB frames for ``samples`` (16 kHz mono float32), one at a
+        time. Streamable features go through :meth:`stream` (so the results are identical to
+        streaming); others are computed from the whole clip first."""
+        from talksplat.features.audio import validate_samples
+
+        samples = validate_samples(samples)
+        options = self.check_options(options)
+        try:
+            stream = self.stream(options, seam_meter)
+        except TalksplatError:
+            stream = None
+        if stream is not None:
+            yield from stream.iter_push(samples)
+            yield from stream.iter_flush()
+            return
+        n_frames = output_frame_count(len(samples))
+        with self.stage("audio_features"):
+            windows = self.audio_windows(samples, n_frames)
+        for i in range(n_frames):
+            yield self.render_frame(i, windows, i, options, seam_meter)
+
+    @torch.no_grad()
+    def render_frame(self, i: int, windows: torch.Tensor, window_index: int, options: RenderOptions,
+                     seam_meter: SeamMeter | None = None) -> np.ndarray:
+        """Output frame ``i``; ``windows[window_index]`` is its audio window, with its neighbours around."""
+        src = self.source_index(i, options)
+        with self.stage("audio_encoder"):
+            code = self.model.audio(windows, window_index)
+        expression = self.data.expressions[src] if options.expression == "video" else self.neutral_expression
+        with self.stage("render"):
+            out = self.model.render(src, audio_code=code, expression=expression)
+            frame = out["image"].mul(255.0).clamp_(0.0, 255.0).round_().to(torch.uint8).numpy()
+        if options.full_frame:
+            frame = self.paste_back(frame, out["alpha"].numpy()[..., 0], src, seam_meter)
+        return frame
+
+    def paste_back(self, crop_rgb: np.ndarray, alpha: np.ndarray, src: int,
+                   seam_meter: SeamMeter | None = None) -> np.ndarray:
+        """Blends the rendered crop into source frame ``src`` with a feathered head mask (seam.py)."""
         import cv2
 
-        full = self._source_frame(src)
-        c = self.crop
-        side = int(c["side"])
-        patch = cv2.resize(crop_rgb, (side, side), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-        mask = cv2.resize(alpha.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
-        sigma = max(side * FEATHER_SIGMA_FRACTION, 1.0)
-        mask = cv2.GaussianBlur(mask, (0, 0), sigma)[..., None]
-        y0, x0 = int(c["y0"]), int(c["x0"])
-        region = full[y0:y0 + side, x0:x0 + side].astype(np.float32)
-        full[y0:y0 + side, x0:x0 + side] = (mask * patch + (1 - mask) * region).round().astype(np.uint8)
-        return full
+        frames = self.source_frames
+        with self.stage("source_decode"):
+            full = frames[src]
+        with self.stage("paste_back"):
+            side = self.box.side
+            patch = crop_rgb if crop_rgb.shape[0] == side else cv2.resize(crop_rgb, (side, side),
+                                                                          interpolation=cv2.INTER_LINEAR)
+            mask = feather_mask(alpha, self.box, (frames.width, frames.height))
+            out = paste(full, patch, mask, self.box)
+        if seam_meter is not None:
+            with self.stage("seam"):
+                seam_meter.add(out, full, mask, self.box)
+        return out
 
-    def _source_frame(self, index: int) -> np.ndarray:
-        if not hasattr(self, "_full_frames"):
-            from talksplat.io.video import read_video
+    @property
+    def source_frames(self):
+        """The full-resolution source video with a bounded decode cache (frames.py)."""
+        if self._source_frames is None:
+            from talksplat.render.frames import SourceFrames
 
-            self._full_frames = read_video(self.subject_dir / "media" / "full.mp4")
-        return self._full_frames[min(index, len(self._full_frames) - 1)].copy()
+            self._source_frames = SourceFrames(self.subject_dir / "media" / "full.mp4")
+        return self._source_frames
+
+    def stage(self, name: str):
+        return self.timer(name) if self.timer is not None else contextlib.nullcontext()
+
+    def close(self) -> None:
+        if self._source_frames is not None:
+            self._source_frames.close()
+            self._source_frames = None
 
 
-def render_video(renderer: Renderer, audio_path: Path, out_path: Path, options: RenderOptions | None = None) -> dict:
-    """Renders ``audio_path`` to an H.264 MP4 with the audio muxed; returns a summary."""
+# ------------------------------------------------------------------------------------------ files
+def check_output_path(out_path: Path) -> Path:
+    """One-line TalksplatError unless ``out_path`` is an .mp4 we can create (probes the folder)."""
+    out_path = Path(out_path)
+    if out_path.suffix.lower() != ".mp4":
+        raise TalksplatError(f"output must be an .mp4 file, got {out_path}")
+    if out_path.is_dir():
+        raise TalksplatError(f"output {out_path} is a folder; give a file name ending in .mp4")
+    folder = out_path.parent
+    if not folder.exists():
+        raise TalksplatError(f"output folder {folder} does not exist; create it first")
+    if not folder.is_dir():
+        raise TalksplatError(f"output folder {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise TalksplatError(f"cannot write to {folder} ({exc.strerror or exc}); choose another output folder") from exc
+    return out_path
+
+
+def audio_header_seconds(path: Path) -> float | None:
+    """The audio stream's duration from the container header (no decoding); None if unknown."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            if container.duration is not None:
+                return container.duration / av.time_base
+    except (av.FFmpegError, OSError):
+        return None   # load_audio reports unreadable files with the reason
+    return None
+
+
+def _too_long(path: Path, seconds: float, limit: float) -> TalksplatError:
+    return TalksplatError(f"{path} is {seconds:.0f} s long; the limit is {limit:.0f} s: split it into "
+                          "shorter files (or stream it with Renderer.stream)")
+
+
+def load_driving_audio(audio_path: Path, max_seconds: float | None = None) -> np.ndarray:
+    """Decodes ``audio_path`` to 16 kHz mono float32 after checking its length from the header;
+    one-line TalksplatError if missing, unreadable, silent, too short or longer than ``max_seconds``
+    (default :data:`MAX_AUDIO_SECONDS`)."""
+    from talksplat.features.audio import load_audio_16k
+
+    max_seconds = MAX_AUDIO_SECONDS if max_seconds is None else float(max_seconds)
+    audio_path = Path(audio_path)
+    if not audio_path.is_file():
+        raise TalksplatError(f"audio file {audio_path} does not exist")
+    declared = audio_header_seconds(audio_path)
+    if declared is not None and declared > max_seconds:
+        raise _too_long(audio_path, declared, max_seconds)
+    samples = load_audio_16k(audio_path)
+    seconds = len(samples) / SAMPLE_RATE
+    if seconds > max_seconds:
+        raise _too_long(audio_path, seconds, max_seconds)
+    return samples
+
+
+def render_video(renderer: Renderer, audio_path: Path, out_path: Path, options: RenderOptions | None = None,
+                 *, max_seconds: float | None = None, progress: bool = True, preset: str = "medium") -> dict:
+    """Renders ``audio_path`` to an H.264 MP4 (yuv420p, 25 fps, the audio muxed and fitted to the frames),
+    written atomically: on any error or interruption nothing appears at ``out_path`` (an existing file
+    there is left as it was). Returns a summary (with the seam statistic for full-frame output)."""
+    import av
     from tqdm import tqdm
 
-    from talksplat.features.audio import load_audio_16k, num_frames_for_samples
+    from talksplat.features.audio import fit_to_frames
     from talksplat.io.video import VideoWriter
 
-    samples = load_audio_16k(audio_path)
-    seconds = len(samples) / 16_000
-    if seconds > MAX_AUDIO_SECONDS:
-        raise TalksplatError(f"{audio_path} is {seconds:.0f} s long; the limit is {MAX_AUDIO_SECONDS:.0f} s, "
-                             "split it into shorter files")
-    n_frames = num_frames_for_samples(len(samples))
-    options = options or RenderOptions()
-    frames = renderer.render_frames(samples, options)
-    first = next(frames)
-    height, width = first.shape[:2]
-    with VideoWriter(out_path, width, height, fps=25, audio=samples, sample_rate=16_000) as writer:
-        writer.write(first)
-        for frame in tqdm(frames, total=n_frames - 1, desc="rendering", unit="frame"):
-            writer.write(frame)
-    return {"frames": n_frames, "seconds": seconds, "size": [width, height], "output": str(out_path)}
+    audio_path, out_path = Path(audio_path), Path(out_path)
+    check_output_path(out_path)
+    options = renderer.check_options(options)
+    samples = load_driving_audio(audio_path, max_seconds)
+    n_frames = output_frame_count(len(samples))
+    muxed = fit_to_frames(samples, n_frames)      # exactly the frames' length: A/V end together
+    width, height = renderer.output_size(options)
+    meter = SeamMeter() if options.full_frame else None
+    start = time.perf_counter()
+    try:
+        with VideoWriter(out_path, width, height, fps=FPS, audio=muxed, sample_rate=SAMPLE_RATE,
+                         preset=preset) as writer:
+            frames = renderer.render_frames(samples, options, meter)
+            for frame in tqdm(frames, total=n_frames, desc="rendering", unit="frame", disable=not progress):
+                with renderer.stage("encode"):
+                    writer.write(frame)
+            if writer.num_frames != n_frames:   # an internal error: do not leave a wrong file
+                raise TalksplatError(f"rendered {writer.num_frames} frames instead of {n_frames}; nothing written")
+    except (OSError, av.FFmpegError) as exc:
+        raise TalksplatError(f"writing {out_path} failed ({exc}); nothing was written") from exc
+    elapsed = time.perf_counter() - start
+    summary = {"frames": n_frames, "seconds": n_frames / FPS, "audio_seconds": len(samples) / SAMPLE_RATE,
+               "size": [width, height],
+               "output": str(out_path), "render_seconds": round(elapsed, 2),
+               "fps": round(n_frames / elapsed, 2) if elapsed > 0 else None,
+               "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
+               "checkpoint_step": renderer.checkpoint_step}
+    if meter is not None:
+        summary["seam"] = meter.result()
+    return summary
