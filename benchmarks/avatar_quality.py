@@ -20,22 +20,9 @@ import torch
 from _machine import machine_info
 
 from talksplat.render.renderer import Renderer
-from talksplat.tracking.facemesh import track_frames
+from talksplat.tracking.facemesh import mouth_opening, track_frames
 
 RESULTS = Path(__file__).parent / "results" / "avatar_quality.json"
-UPPER_INNER_LIP, LOWER_INNER_LIP, RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 13, 14, 33, 263
-
-
-def lip_gap(landmarks: list[np.ndarray | None]) -> np.ndarray:
-    gaps = []
-    for lm in landmarks:
-        if lm is None:
-            gaps.append(np.nan)
-            continue
-        eyes = np.linalg.norm(lm[RIGHT_EYE_OUTER, :2] - lm[LEFT_EYE_OUTER, :2])
-        gaps.append(np.linalg.norm(lm[UPPER_INNER_LIP, :2] - lm[LOWER_INNER_LIP, :2]) / eyes)
-    return np.array(gaps)
-
 
 @torch.no_grad()
 def main() -> None:
@@ -53,7 +40,7 @@ def main() -> None:
     for t in frames:
         rendered.append((model.render(int(t))["image"].clamp(0, 1).numpy() * 255).round().astype(np.uint8))
         real.append((data.image(int(t)).numpy() * 255).round().astype(np.uint8))
-    gap_render, gap_real = lip_gap(track_frames(rendered)), lip_gap(track_frames(real))
+    gap_render, gap_real = mouth_opening(track_frames(rendered)), mouth_opening(track_frames(real))
     ok = ~(np.isnan(gap_render) | np.isnan(gap_real))
     corr = float(np.corrcoef(gap_render[ok], gap_real[ok])[0, 1]) if ok.sum() > 2 else float("nan")
     result = {**scores, "lip_gap_correlation": corr, "frames_with_both_tracked": int(ok.sum()),

@@ -28,6 +28,10 @@ def register(subparsers) -> None:
     p.add_argument("--no-incremental-sampling", action="store_true", help="ablation: uniform frame sampling")
     p.add_argument("--appearance-modification", action="store_true",
                    help="ablation: predict colour/opacity offsets instead of deformation")
+    p.add_argument("--audio-condition", choices=("lipstate", "learned"), default="lipstate",
+                   help="lipstate: audio -> predicted lip shape -> motion (default); learned: the paper's "
+                        "AudioNet on raw log-mel, trained end to end (memorises short clips)")
+    p.add_argument("--mouth-loss-weight", type=float, help="weight of the extra mouth-box L1 (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints")
     p.add_argument("--eval-frames", type=int, default=8, help="held-out frames scored after each stage")
@@ -42,7 +46,10 @@ def build_config(args):
     cfg = cfg_cls(size=args.size or preset["size"], seed=args.seed,
                   decomposition=not args.no_decomposition,
                   incremental_sampling=not args.no_incremental_sampling,
-                  appearance_modification=args.appearance_modification)
+                  appearance_modification=args.appearance_modification,
+                  audio_condition=args.audio_condition)
+    if args.mouth_loss_weight is not None:
+        cfg.mouth_loss_weight = args.mouth_loss_weight
     static, motion, finetune = args.iters or (preset["static"], preset["motion"], preset["finetune"])
     cfg.iterations.static, cfg.iterations.motion, cfg.iterations.finetune = static, motion, finetune
     try:

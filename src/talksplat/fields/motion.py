@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -146,10 +147,7 @@ class AudioEncoder(nn.Module):
         )
         self.fc = nn.Sequential(nn.Linear(64 * ((config.window + 7) // 8), 64), nn.LeakyReLU(0.02, True),
                                 nn.Linear(64, config.out_dim))
-        self.attention = nn.Sequential(
-            nn.Conv1d(config.out_dim, 16, 3, padding=1), nn.LeakyReLU(0.02, True),
-            nn.Conv1d(16, 1, 3, padding=1),
-        )
+        self.attention = temporal_attention(config.out_dim)
         # Per-band statistics of the training audio (set by ``fit_normalisation``, saved with the
         # weights). Raw log-mel sits around -10 with a spread of ~4: unnormalised, the constant part
         # swamps the frame-to-frame variation and the codes barely depend on the audio.
@@ -171,8 +169,73 @@ class AudioEncoder(nn.Module):
 
     def forward(self, windows: Tensor, frame: int) -> Tensor:
         """The smoothed code of video frame ``frame`` from all frames' windows [T, window, D] -> [out_dim]."""
-        half = self.config.smoothing_frames // 2
-        idx = torch.arange(frame - half, frame - half + self.config.smoothing_frames).clamp(0, windows.shape[0] - 1)
-        codes = self.encode(windows[idx])                         # [S, out_dim]
-        weights = torch.softmax(self.attention(codes.T[None])[0, 0], dim=0)  # [S]
-        return (weights[:, None] * codes).sum(0)
+        idx = temporal_window(frame, windows.shape[0], self.config.smoothing_frames)
+        return attention_pool(self.encode(windows[idx]), self.attention)
+
+
+def temporal_window(frame: int, n_frames: int, size: int) -> Tensor:
+    """Indices of the ``size`` frames around ``frame`` (edges repeated): [size] long."""
+    half = size // 2
+    return torch.arange(frame - half, frame - half + size).clamp(0, n_frames - 1)
+
+
+def temporal_attention(code_dim: int) -> nn.Sequential:
+    """AudioAttNet: per-frame scores over a window of codes [1, code_dim, S] -> [1, 1, S]."""
+    return nn.Sequential(nn.Conv1d(code_dim, 16, 3, padding=1), nn.LeakyReLU(0.02, True),
+                         nn.Conv1d(16, 1, 3, padding=1))
+
+
+def attention_pool(codes: Tensor, attention: nn.Module) -> Tensor:
+    """Softmax-weighted sum of a window of codes [S, C] -> [C]."""
+    weights = torch.softmax(attention(codes.T[None])[0, 0], dim=0)
+    return (weights[:, None] * codes).sum(0)
+
+
+@dataclass
+class LipStateEncoderConfig:
+    input_dim: int = 1280      # flattened audio window (16 steps x 80 mel bands)
+    lip_dims: int = 4          # lip-state coefficients (features.lipstate.LipBasis)
+    out_dim: int = 32
+    hidden: int = 64
+    smoothing_frames: int = 8
+
+
+class LipStateEncoder(nn.Module):
+    """Audio windows -> predicted lip state (a fixed ridge map, features.lipstate) -> code.
+
+    The ridge map is fitted in closed form before training and stored as buffers; the small MLP and
+    the temporal attention are learned. ``from_states`` runs the same network on given lip states
+    (the tracked ones during training), ``forward`` on states predicted from audio.
+    """
+
+    def __init__(self, config: LipStateEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.register_buffer("x_mean", torch.zeros(config.input_dim))
+        self.register_buffer("x_std", torch.ones(config.input_dim))
+        self.register_buffer("weight", torch.zeros(config.input_dim, config.lip_dims))
+        self.register_buffer("bias", torch.zeros(config.lip_dims))
+        self.mlp = nn.Sequential(nn.Linear(config.lip_dims, config.hidden), nn.LeakyReLU(0.02, True),
+                                 nn.Linear(config.hidden, config.out_dim))
+        self.attention = temporal_attention(config.out_dim)
+
+    @torch.no_grad()
+    def set_map(self, x_mean, x_std, weight, bias) -> None:
+        """Installs a fitted audio-to-lips map (arrays shaped like the buffers)."""
+        for name, value in (("x_mean", x_mean), ("x_std", x_std), ("weight", weight), ("bias", bias)):
+            getattr(self, name).copy_(torch.as_tensor(np.asarray(value), dtype=torch.float32))
+
+    def predict(self, windows: Tensor) -> Tensor:
+        """Audio windows [T, ...] -> predicted lip states [T, lip_dims]."""
+        x = windows.reshape(windows.shape[0], -1)
+        return ((x - self.x_mean) / self.x_std) @ self.weight + self.bias
+
+    def from_states(self, states: Tensor, frame: int) -> Tensor:
+        """The smoothed code of ``frame`` from lip states of all frames [T, lip_dims] -> [out_dim]."""
+        idx = temporal_window(frame, states.shape[0], self.config.smoothing_frames)
+        return attention_pool(self.mlp(states[idx]), self.attention)
+
+    def forward(self, windows: Tensor, frame: int) -> Tensor:
+        """The smoothed code of ``frame`` from audio windows of all frames [T, ...] -> [out_dim]."""
+        idx = temporal_window(frame, windows.shape[0], self.config.smoothing_frames)
+        return attention_pool(self.mlp(self.predict(windows[idx])), self.attention)

@@ -36,6 +36,7 @@ class SubjectData:
     lip_open: np.ndarray      # (T,) mm
     lips_part: np.ndarray     # (T,)
     audio: Tensor | None      # (T, 16, D) windows, or None when the subject has no audio features
+    lip_shapes: np.ndarray    # (T, 80) Procrustes-normalised lip landmark shapes (sync_offset)
     train_frames: np.ndarray  # indices
     val_frames: np.ndarray
     size: int                 # training resolution
@@ -97,8 +98,16 @@ def load_subject_data(subject_dir: Path, size: int, audio_feature: str = "mel") 
         expressions=torch.tensor(ex["core"], dtype=torch.float32),
         blink=np.asarray(ex["blink"]), lip_open=np.asarray(ex["lip_open_mm"]), lips_part=np.asarray(ex["lips_part"]),
         audio=_load_audio_features(subject_dir, audio_feature, len(raw["frames"])),
+        lip_shapes=_lip_shapes(raw["landmarks"]),
         train_frames=train, val_frames=val, size=size, source_size=source,
     )
+
+
+def _lip_shapes(landmarks: np.ndarray) -> np.ndarray:
+    from talksplat.features.sync_model import lip_points
+    from talksplat.features.sync_offset import normalise_lip_shapes
+
+    return normalise_lip_shapes(lip_points(landmarks))[0].astype(np.float32)
 
 
 def _load_audio_features(subject_dir: Path, name: str, n_frames: int) -> Tensor | None:

@@ -23,6 +23,7 @@ OUTER_LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 
 RIGHT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
 LEFT_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
 RIGHT_IRIS_CENTER, LEFT_IRIS_CENTER = 468, 473
+UPPER_INNER_LIP, LOWER_INNER_LIP, RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 13, 14, 33, 263
 
 
 def _quiet_mediapipe_logs() -> None:
@@ -102,6 +103,27 @@ def track_frames(frames: Iterable[np.ndarray], static_image_mode: bool = False) 
     """
     with FaceMeshTracker(static_image_mode=static_image_mode) as tracker:
         return [tracker.process(frame) for frame in frames]
+
+
+def mouth_opening(landmarks: list[np.ndarray | None]) -> np.ndarray:
+    """Inner-lip gap (landmarks 13-14) over the outer-eye-corner distance (33-263), per frame.
+
+    Scale-free, so renders and real frames of any size compare. Returns (T,) with NaN where no face.
+    """
+    out = np.full(len(landmarks), np.nan)
+    for i, lm in enumerate(landmarks):
+        if lm is not None:
+            eyes = np.linalg.norm(lm[RIGHT_EYE_OUTER, :2] - lm[LEFT_EYE_OUTER, :2])
+            out[i] = np.linalg.norm(lm[UPPER_INNER_LIP, :2] - lm[LOWER_INNER_LIP, :2]) / max(eyes, 1e-9)
+    return out
+
+
+def nan_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson correlation over the entries where both are finite (None if < 3 or constant)."""
+    keep = np.isfinite(a) & np.isfinite(b)
+    if keep.sum() < 3 or np.std(a[keep]) == 0 or np.std(b[keep]) == 0:
+        return None
+    return float(np.corrcoef(a[keep], b[keep])[0, 1])
 
 
 def detection_rate(landmarks: list[np.ndarray | None]) -> float:

@@ -70,7 +70,12 @@ def train(subject_dir: Path, recipe_name: str, recipe_cfg, trainer_cfg: TrainerC
     data = load_subject_data(Path(subject_dir), recipe_cfg.size, getattr(recipe_cfg, "audio_feature", "mel"))
     recipe = recipe_cls(data, recipe_cfg)
     if state is not None:
-        recipe.load_state_tensors(state)
+        try:
+            recipe.load_state_tensors(state)
+        except (RuntimeError, KeyError, ValueError, IndexError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise TalksplatError(f"checkpoint {latest} does not fit this talksplat's {recipe_name} recipe "
+                                 f"({reason}); start over with `talksplat train {subject_dir} --restart`") from exc
         print(f"resuming {recipe_name} from {latest.name} (step {start} of {recipe.total_iterations})")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(recipe_cfg), indent=1))
@@ -144,6 +149,7 @@ class _Loop:
         summary = {"recipe": self.name, "train_seconds": round(self.train_seconds, 1),
                    "iterations": self.recipe.total_iterations, "gaussians": self.recipe.num_gaussians(),
                    "ms_per_iteration_median": round(float(np.median(times)) * 1000, 1) if times else None,
-                   "held_out_by_stage": self.stage_scores, "threads": torch.get_num_threads()}
+                   "held_out_by_stage": self.stage_scores, "threads": torch.get_num_threads(),
+                   **getattr(self.recipe, "summary_extras", dict)()}
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary

@@ -1,0 +1,60 @@
+"""The lip-state audio condition: lip-shape basis, audio-to-lips ridge map, and its encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from talksplat.errors import TalksplatError
+from talksplat.features.lipstate import LipBasis, fit_audio_to_lips
+from talksplat.fields.motion import LipStateEncoder, LipStateEncoderConfig
+
+
+def test_basis_coefficients_have_unit_variance_and_ordered_axes():
+    rng = np.random.default_rng(0)
+    latent = rng.normal(size=(300, 3)) * np.array([5.0, 2.0, 0.5])
+    shapes = latent @ rng.normal(size=(3, 80)) + rng.normal(size=80)
+    basis = LipBasis.fit(shapes, 3)
+    coeffs = basis.coefficients(shapes)
+    np.testing.assert_allclose(coeffs.std(axis=0), 1.0, atol=1e-4)
+    assert np.all(np.diff(basis.explained) < 0) and basis.explained.sum() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ridge_map_recovers_a_linear_relation_and_generalises():
+    rng = np.random.default_rng(1)
+    windows = rng.normal(size=(400, 16, 8))
+    true_w = rng.normal(size=(128, 2)) * 0.1
+    targets = windows.reshape(400, -1) @ true_w + 0.05 * rng.normal(size=(400, 2))
+    fit = fit_audio_to_lips(windows[:300], targets[:300])
+    held_out = fit.predict(windows[300:])
+    for j in range(2):
+        assert np.corrcoef(held_out[:, j], targets[300:, j])[0, 1] > 0.9
+    assert np.all(fit.cv_correlation > 0.9)
+
+
+def test_ridge_map_on_unrelated_audio_does_not_generalise():
+    rng = np.random.default_rng(2)
+    fit = fit_audio_to_lips(rng.normal(size=(300, 16, 8)), rng.normal(size=(300, 2)))
+    assert np.all(np.abs(fit.cv_correlation) < 0.3)
+
+
+def test_ridge_map_rejects_too_few_frames():
+    with pytest.raises(TalksplatError, match="at least"):
+        fit_audio_to_lips(np.zeros((10, 16, 8)), np.zeros((10, 2)))
+
+
+def test_encoder_on_predicted_states_equals_encoder_on_audio():
+    rng = np.random.default_rng(3)
+    windows = rng.normal(size=(120, 16, 8))
+    targets = windows.reshape(120, -1)[:, :2]
+    fit = fit_audio_to_lips(windows, targets)
+    encoder = LipStateEncoder(LipStateEncoderConfig(input_dim=128, lip_dims=2))
+    encoder.set_map(fit.x_mean, fit.x_std, fit.weight, fit.bias)
+    w = torch.tensor(windows, dtype=torch.float32)
+    np.testing.assert_allclose(encoder.predict(w).numpy(), fit.predict(windows), atol=1e-4)
+    for frame in (0, 57, 119):
+        a = encoder(w, frame)
+        b = encoder.from_states(encoder.predict(w), frame)
+        torch.testing.assert_close(a, b)
+    assert a.shape == (32,)
