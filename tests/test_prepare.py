@@ -64,7 +64,7 @@ def test_against_ground_truth(subject, synth):
     assert m["direction_error_deg_median"] < 1.0
     assert min(m["motion_corr_x"], m["motion_corr_y"]) > 0.8
     assert abs(m["focal_relative_error"]) < 0.35      # weakly determined on 5 s (see docs/dataset.md)
-    assert m["inside_mouth_iou_pooled"] > 0.5
+    assert m["inside_mouth_iou_pooled"] > 0.65       # 0.73 on this clip
     assert m["face_iou"] > 0.85 and m["background_iou"] > 0.9
     assert m["lip_open_corr"] > 0.8
     if m["blinks_true"]:

@@ -65,7 +65,8 @@ def evaluate_synthetic(subject_dir: str | Path, synth_dir: str | Path) -> dict[s
     """All ground-truth figures of a subject prepared from a ``talksplat synth`` clip.
 
     The subject must be prepared at the synthetic clip's own size with the full-frame crop (the
-    default framing of the synthetic subject gives it); masks are compared only then.
+    default framing of the synthetic subject gives it); masks are compared only then (and only when
+    the clip was made with label maps).
     """
     root, synth = Path(subject_dir), Path(synth_dir)
     gt = np.load(synth / "ground_truth.npz")
@@ -83,7 +84,8 @@ def evaluate_synthetic(subject_dir: str | Path, synth_dir: str | Path) -> dict[s
     out["focal_source_px"] = float(cams["K_source"][0, 0])
     out["focal_true_px"] = focal_gt
     out["focal_relative_error"] = out["focal_source_px"] / focal_gt - 1.0
-    if crop["x0"] == 0 and crop["y0"] == 0 and crop["side"] == crop["size"] == gt["labels"].shape[1]:
+    full_frame = "labels" in gt.files and crop["x0"] == 0 and crop["y0"] == 0
+    if full_frame and crop["side"] == crop["size"] == gt["labels"].shape[1]:
         masks = np.load(root / L.MASKS, mmap_mode="r")
         out.update(mask_agreement(np.asarray(masks), gt["labels"][:n]))
     with np.load(root / L.EXPRESSIONS) as ex:

@@ -27,13 +27,16 @@ from talksplat.prepare.media import check_input, check_truncation, extract_audio
 from talksplat.prepare.runner import Step, StepRunner, file_sha256, write_json_atomic
 
 # Steps' versions: bump one to make existing datasets redo that step (and what follows).
-STEP_VERSIONS = {"media": 1, "track": 1, "frames": 1, "cameras": 1, "masks": 1, "expressions": 1,
+# masks 2: landmark polygons labelled by pixel centres (cv2.fillPoly grew them by ~half a pixel).
+STEP_VERSIONS = {"media": 1, "track": 1, "frames": 1, "cameras": 1, "masks": 2, "expressions": 1,
                  "audio": 2, "split": 1, "report": 1}
 # Interpolated (not detected) frames count this much in the pose fit.
 INTERPOLATED_FRAME_WEIGHT = 0.3
 # The error curve of the focal search: focal values within this relative error of the minimum
 # are reported as the plausible range (a flat curve = a poorly determined focal).
 FOCAL_RANGE_TOLERANCE = 0.01
+# A plausible range wider than this ratio (max / min) gets a warning: the clip hardly constrains the focal.
+FOCAL_FLAT_RATIO = 1.25
 AUDIO_PENDING = "audio features: pending (issue 7)"
 LIP_LANDMARKS = None   # set lazily (inner + outer lips) to avoid importing tracking at import time
 
@@ -214,9 +217,14 @@ def _step_cameras(cfg: PrepareConfig, quiet: bool, warn: Callable[[str], None]):
         frame_weight = np.where(detected, 1.0, INTERPOLATED_FRAME_WEIGHT)
         with _bar(n, "cameras", quiet) as bar:
             search = P.search_focal(src, tpl.vertices, tpl.weights, width, height, frame_weight=detected.astype(float))
+            focal_range = _focal_range(search.factors, search.errors, width)
             if search.at_edge:
                 warn("the focal-length search hit the end of its range: the focal is poorly determined "
                      "(little head motion or a very long lens)")
+            elif focal_range[1] > FOCAL_FLAT_RATIO * focal_range[0]:
+                warn(f"the focal length is poorly determined by this clip: {focal_range[0]:.0f} to "
+                     f"{focal_range[1]:.0f} px fit the landmarks within {100 * FOCAL_RANGE_TOLERANCE:g}% of the best; "
+                     f"using {search.focal:.0f} px (head rotations hardly depend on it)")
             K_src = P.intrinsics_matrix(search.focal, width, height)
             K = crop_intrinsics(K_src, _crop_box(runner))
             lm_obs = P.Observations.from_landmarks(crop_lm, tpl.vertices, tpl.weights, frame_weight)
@@ -225,7 +233,7 @@ def _step_cameras(cfg: PrepareConfig, quiet: bool, warn: Callable[[str], None]):
             raw_err = P.weighted_frame_error(lm_obs, R_raw, t_raw, K)
             info: dict = {"focal_px": float(K[0, 0]), "focal_source_px": search.focal,
                           "focal_factor": search.focal / width, "focal_at_edge": search.at_edge,
-                          "focal_range_source_px": _focal_range(search.factors, search.errors, width),
+                          "focal_range_source_px": focal_range,
                           "landmark_error_raw_px": float(np.mean(raw_err)),
                           "jitter_raw_deg": P.rotation_jitter_deg(R_raw),
                           "jitter_raw_mm": P.translation_jitter_mm(t_raw)}

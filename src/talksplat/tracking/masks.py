@@ -38,15 +38,52 @@ NECK_HALF_WIDTH_FACES = 0.32
 NECK_LENGTH_FACES = 0.45
 SKIN_CHROMA_DISTANCE = 14.0       # Lab a*b* distance (8-bit OpenCV scale) that still counts as skin
 SKIN_SAMPLE_STEP = 4               # face pixels sampled for the skin colour (every 4th row/column)
-SUBPIXEL_SHIFT = 4                 # cv2.fillPoly fixed-point bits: polygons keep 1/16 px precision
 PLATE_MARGIN_FRACTION = 0.012      # background pixels this close (x size) to the person are not used
 PLATE_MAX_FRAMES = 120             # frames used for the background median (evenly spaced)
 INPAINT_RADIUS_PX = 5
 
 
-def _fill(mask: np.ndarray, points: np.ndarray, value: int) -> None:
-    poly = np.round(points * (1 << SUBPIXEL_SHIFT)).astype(np.int32)
-    cv2.fillPoly(mask, [poly], value, lineType=cv2.LINE_8, shift=SUBPIXEL_SHIFT)
+def fill_polygon(mask: np.ndarray, points: np.ndarray, value: int) -> None:
+    """Set ``mask`` to ``value`` at every pixel whose centre lies inside the polygon (even-odd rule).
+
+    Pixel centres are at integer coordinates (pixel ``(x, y)`` covers ``[x-0.5, x+0.5] x
+    [y-0.5, y+0.5]``), so a pixel is labelled when (for locally straight edges) at least half of it
+    is covered: the labelled area equals the polygon's area on average, at any sub-pixel position.
+    ``cv2.fillPoly`` instead also fills every pixel its outline touches, which grows each polygon by
+    about half a pixel all round: +23% area for a 24 x 6 px elliptic mouth opening, +72% at 10 x 2.
+
+    Args:
+        mask: (H, W) array, modified in place; points: (N, >=2) polygon vertices in pixels (N >= 3).
+    """
+    h, w = mask.shape[:2]
+    p = np.asarray(points, dtype=np.float64)[:, :2]
+    if p.shape[0] < 3 or not np.isfinite(p).all():
+        return
+    q = np.roll(p, -1, axis=0)                                   # each edge runs p[i] -> q[i]
+    y_lo = max(int(np.ceil(p[:, 1].min())), 0)
+    y_hi = min(int(np.floor(p[:, 1].max())), h - 1)
+    x_lo = max(int(np.ceil(p[:, 0].min())), 0)
+    x_hi = min(int(np.floor(p[:, 0].max())), w - 1)
+    if y_hi < y_lo or x_hi < x_lo:
+        return
+    ys = np.arange(y_lo, y_hi + 1, dtype=np.float64)[:, None]   # pixel-centre rows
+    ya, yb = p[None, :, 1], q[None, :, 1]
+    # Half-open in y, so a vertex on a row is counted once and horizontal edges never.
+    cross = ((ya <= ys) & (ys < yb)) | ((yb <= ys) & (ys < ya))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = p[None, :, 0] + (ys - ya) * (q[None, :, 0] - p[None, :, 0]) / (yb - ya)
+    x = np.sort(np.where(cross, x, np.inf), axis=1)
+    pairs = int(cross.sum(axis=1).max()) // 2
+    if pairs == 0:
+        return
+    # Inside between each enter/leave pair: columns c (relative to x_lo) with enter <= c < leave.
+    enter = np.ceil(x[:, 0:2 * pairs:2] - x_lo)
+    leave = np.ceil(x[:, 1:2 * pairs:2] - x_lo)                  # inf where a row has fewer pairs
+    cols = np.arange(x_hi - x_lo + 1, dtype=np.float64)
+    inside = (cols >= enter[:, :1]) & (cols < leave[:, :1])
+    for k in range(1, pairs):
+        inside |= (cols >= enter[:, k:k + 1]) & (cols < leave[:, k:k + 1])
+    mask[y_lo:y_hi + 1, x_lo:x_hi + 1][inside] = value
 
 
 def _above_jaw(landmarks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -62,7 +99,7 @@ def _above_jaw(landmarks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     top_b, top_a = np.array([far_b[0], -1.0]), np.array([far_a[0], -1.0])
     poly = np.vstack([far_a, lower_arc, far_b, top_b, top_a])
     mask = np.zeros(shape, np.uint8)
-    _fill(mask, poly, 1)
+    fill_polygon(mask, poly, 1)
     return mask.astype(bool)
 
 
@@ -146,7 +183,7 @@ def label_map(landmarks: np.ndarray, person_prob: np.ndarray, image: np.ndarray 
     lm = landmarks[:, :2].astype(np.float64)
     person = person_prob >= PERSON_THRESHOLD
     face = np.zeros(shape, np.uint8)
-    _fill(face, lm[list(FACE_OVAL)], 1)
+    fill_polygon(face, lm[list(FACE_OVAL)], 1)
     face = face.astype(bool)
     above = _above_jaw(lm, shape)
     labels = np.zeros(shape, np.uint8)
@@ -157,11 +194,11 @@ def label_map(landmarks: np.ndarray, person_prob: np.ndarray, image: np.ndarray 
     labels[below & neck_zone] = NECK
     labels[below & ~neck_zone] = TORSO
     # Landmark polygons, drawn from the outside in.
-    _fill(labels, lm[list(FACE_OVAL)], SKIN)
-    _fill(labels, lm[list(RIGHT_EYE)], EYE_RIGHT)
-    _fill(labels, lm[list(LEFT_EYE)], EYE_LEFT)
-    _fill(labels, lm[list(OUTER_LIPS)], LIPS)
-    _fill(labels, lm[list(INNER_LIPS)] if inner_lips is None else inner_lips, INSIDE_MOUTH)
+    labels[face] = SKIN
+    fill_polygon(labels, lm[list(RIGHT_EYE)], EYE_RIGHT)
+    fill_polygon(labels, lm[list(LEFT_EYE)], EYE_LEFT)
+    fill_polygon(labels, lm[list(OUTER_LIPS)], LIPS)
+    fill_polygon(labels, lm[list(INNER_LIPS)] if inner_lips is None else inner_lips, INSIDE_MOUTH)
     return labels
 
 
