@@ -67,3 +67,24 @@ def test_audio_encoder_shapes_and_smoothing_window():
     changed[15:] = 0
     assert torch.allclose(enc(changed, frame=2), enc(windows, frame=2))
     assert not torch.allclose(enc(changed, frame=14), enc(windows, frame=14))
+
+
+def test_inference_cache_matches_the_training_path_and_follows_parameter_updates():
+    torch.manual_seed(1)
+    field = _field()
+    for p in field.head.parameters():  # a non-identity field
+        torch.nn.init.normal_(p, std=0.1)
+    means = torch.rand(200, 3) * 0.2 + torch.tensor([-0.1, -0.1, 1.9])
+    audio, expr = torch.randn(32), torch.rand(7)
+    reference = field(means, audio, expr)
+    field.eval()
+    with torch.no_grad():
+        for _ in range(2):  # the second call is served from the cache
+            cached = field(means, audio, expr)
+            torch.testing.assert_close(cached.d_means, reference.d_means.detach(), atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(cached.d_quats, reference.d_quats.detach(), atol=1e-5, rtol=1e-4)
+        field.head[0].weight.add_(0.05)  # an in-place update must invalidate the cache
+        changed = field(means, audio, expr)
+    field.train()
+    torch.testing.assert_close(changed.d_means, field(means, audio, expr).d_means.detach(), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(changed.d_means, cached.d_means)

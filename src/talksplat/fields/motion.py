@@ -93,17 +93,52 @@ class MotionField(nn.Module):
         return (unit * 2 - 1) * bound
 
     def forward(self, canonical_means: Tensor, audio: Tensor, expression: Tensor | None = None) -> Deformation:
+        if self.expression_attention is not None and expression is None:
+            raise ValueError("this motion field needs expression coefficients")
+        if not self.training and not torch.is_grad_enabled():
+            return self._forward_cached(canonical_means, audio, expression)
         # The canonical positions are learned by the static stage; the motion field treats them as
         # inputs, so no gradient flows into them through the grid.
         encoded = self.encoding(self.normalise(canonical_means.detach()), input_gradients=False)
         n = encoded.shape[0]
         conditions = [audio.expand(n, -1) * self.audio_attention(encoded)]
         if self.expression_attention is not None:
-            if expression is None:
-                raise ValueError("this motion field needs expression coefficients")
             conditions.append(expression.expand(n, -1) * self.expression_attention(encoded))
         raw = self.head(torch.cat([encoded, *conditions], dim=-1))
         return self._split(raw, n)
+
+    def _forward_cached(self, canonical_means: Tensor, audio: Tensor, expression: Tensor | None) -> Deformation:
+        """Inference: the grid encoding, the attention vectors and the encoding's share of the first
+        layer depend only on the (fixed) canonical positions, so they are computed once; per frame
+        only the conditions' share and the remaining layers run. Same result as the training path."""
+        static = self._static_part(canonical_means)
+        first = self.head[0]
+        enc_dim, audio_dim = self.encoding.output_dim, self.config.audio_dim
+        hidden = static["projected"] + (static["audio_attention"] * audio) @ first.weight[:, enc_dim:enc_dim + audio_dim].T
+        if self.expression_attention is not None:
+            hidden = hidden + (static["expression_attention"] * expression) @ first.weight[:, enc_dim + audio_dim:].T
+        raw = self.head[1:](hidden)
+        return self._split(raw, raw.shape[0])
+
+    def _static_part(self, canonical_means: Tensor) -> dict[str, Tensor]:
+        # Keyed by the tensor and every parameter's version: any in-place update invalidates it.
+        key = (canonical_means.data_ptr(), canonical_means._version, tuple(canonical_means.shape),
+               tuple(p._version for p in self.parameters()))
+        cache = getattr(self, "_inference_cache", None)
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        encoded = self.encoding(self.normalise(canonical_means), input_gradients=False)
+        first = self.head[0]
+        static = {"projected": encoded @ first.weight[:, :encoded.shape[1]].T + first.bias,
+                  "audio_attention": self.audio_attention(encoded)}
+        if self.expression_attention is not None:
+            static["expression_attention"] = self.expression_attention(encoded)
+        self._inference_cache = (key, static)
+        return static
+
+    def train(self, mode: bool = True) -> MotionField:
+        self._inference_cache = None
+        return super().train(mode)
 
     def _split(self, raw: Tensor, n: int) -> Deformation:
         parts = dict(zip(self.config.outputs, raw.split([DEFORM_OUTPUTS[o] for o in self.config.outputs], -1)))
