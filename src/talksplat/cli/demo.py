@@ -15,7 +15,7 @@ from talksplat.errors import TalksplatError
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("demo", help="run the end-to-end demo (about 10 minutes on 2 cores)")
+    parser = subparsers.add_parser("demo", help="run the end-to-end demo (5-10 minutes on 2 cores)")
     parser.add_argument("-o", "--output", type=Path, default=Path("demo_out"), help="output folder")
     parser.add_argument("--engine-only", action="store_true",
                         help="only fit Gaussians to a photo (seconds): checks the rasterizer works")
@@ -42,12 +42,15 @@ def run_full_demo(args) -> int:
     from talksplat.demo import DemoConfig, run_demo
 
     cfg = DemoConfig.tiny() if args.tiny else DemoConfig()
-    print(f"talksplat demo: synthetic subject -> prepare -> train -> render, about "
-          f"{cfg.estimated_minutes():.0f} minutes on 2 cores. Re-running resumes where it stopped.")
+    minutes = cfg.estimated_minutes()
+    print(f"talksplat demo: synthetic subject -> prepare -> train -> render, about {minutes:.0f} minutes on "
+          f"2 idle cores (up to {2 * minutes:.0f} on a busy machine). Re-running resumes where it stopped.")
     result = run_demo(args.output, cfg)
     held = result["held_out"].get("finetune", {})
+    lips = held.get("mouth_opening_corr")
+    lips = f", mouth-opening correlation {lips:.2f}" if lips is not None else ""
     print(f"done in {result['total_seconds']:.0f} s: held-out PSNR {held.get('psnr', float('nan')):.2f} dB "
-          f"(head box {held.get('psnr_head_box') or float('nan'):.2f} dB)")
+          f"(head box {held.get('psnr_head_box') or float('nan'):.2f} dB{lips})")
     for name in ("talking.mp4", "side_by_side.mp4", "summary.json"):
         print(f"  {args.output / name}")
     return 0
