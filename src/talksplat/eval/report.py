@@ -72,7 +72,9 @@ def _motion_section(m: dict) -> list[str]:
               (f"- Landmarks: MediaPipe FaceMesh on render and ground truth, both resized to {res}x{res} (face: "
               f"{_f(mo['inter_ocular_px'], 1)} px between the outer eye corners); found in {tr['ours']} / "
               f"{tr['truth']} of {tr['of']} frames (render / truth); LMD over the {tr['both']} frames with both, "
-              "no alignment (same camera and pose)."),
+              "no alignment (same camera and pose). The render is tracked as composited over a fixed backdrop "
+              "(the first training frame's torso and neck), not the frame's own: the real jaw line in a frame's "
+              "own backdrop would otherwise show the tracker the real mouth opening."),
               (f"- {ex['label']}. Raw measurements ({ex['raw_unit']}) mapped to [0, 1] with the subject's "
               "own normalisation (fitted on its whole prepared clip, shifted by the median difference between "
               "this tracking and prepare's on the same frames). A coefficient that barely moves in the clip "
