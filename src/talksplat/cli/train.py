@@ -72,5 +72,8 @@ def run(args) -> int:
     print(f"trained {summary['recipe']} in {summary['train_seconds']:.0f} s ({speed}{summary['gaussians']} Gaussians)")
     for stage, s in scores.items():
         head = f", head box {s['psnr_head_box']:.2f} dB" if s.get("psnr_head_box") else ""
-        print(f"  held-out after {stage}: PSNR {s['psnr']:.2f} dB{head}, SSIM {s['ssim']:.4f} ({s['frames']} frames)")
+        lips = s.get("mouth_opening_corr")
+        lips = f", mouth-opening r {lips:.2f}" if lips is not None else ""
+        print(f"  held-out after {stage}: PSNR {s['psnr']:.2f} dB{head}, SSIM {s['ssim']:.4f}{lips} "
+              f"({s['frames']} frames)")
     return 0
