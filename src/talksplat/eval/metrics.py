@@ -213,12 +213,10 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, np.float64).reshape(-1), np.asarray(b, np.float64).reshape(-1)
     if a.shape != b.shape:
         raise TalksplatError(f"series differ in length: {a.shape[0]} vs {b.shape[0]}")
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3:
-        return math.nan
-    x, y = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
-    den = math.sqrt(float(x @ x) * float(y @ y))
-    return float(x @ y) / den if den > 0 else math.nan
+    from talksplat.tracking.facemesh import nan_correlation
+
+    r = nan_correlation(a, b)
+    return math.nan if r is None else r
 
 
 def lagged_correlation(a: np.ndarray, b: np.ndarray, max_lag: int = 10) -> tuple[int, float]:

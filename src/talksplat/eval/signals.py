@@ -13,12 +13,12 @@ from typing import Self
 
 import numpy as np
 
-from talksplat.tracking.facemesh import INNER_LIPS, NUM_LANDMARKS, OUTER_LIPS
+from talksplat.tracking.facemesh import INNER_LIPS, LEFT_EYE_OUTER, NUM_LANDMARKS, OUTER_LIPS, RIGHT_EYE_OUTER
+from talksplat.tracking.facemesh import mouth_opening as lip_opening  # noqa: F401  (part of this module's API)
 
 MOUTH_LANDMARKS = INNER_LIPS + OUTER_LIPS       # 40 lip points (MediaPipe numbering)
 # Nose bridge to tip: rigid with the skull, unaffected by the jaw (GaussianFlameTalk tracks the nose).
 NOSE_LANDMARKS = (168, 6, 197, 195, 5, 4, 1)
-UPPER_INNER_LIP, LOWER_INNER_LIP, RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 13, 14, 33, 263
 
 
 class LandmarkTracker:
@@ -66,18 +66,6 @@ def track_landmarks(frames: Iterable[np.ndarray], size: int = 256) -> np.ndarray
 def detected(landmarks: np.ndarray) -> np.ndarray:
     """(T,) bool: frames of (T, N, D) landmarks where the face was found."""
     return np.all(np.isfinite(landmarks.reshape(len(landmarks), -1)), axis=1)
-
-
-def lip_opening(landmarks: np.ndarray) -> np.ndarray:
-    """Inner-lip gap (landmarks 13-14) over the outer-eye-corner distance (33-263), in the image plane.
-
-    Args:
-        landmarks: (T, 478, >=2) pixels. Returns (T,) (NaN where no face).
-    """
-    lm = np.asarray(landmarks, np.float64)[..., :2]
-    eyes = np.linalg.norm(lm[:, RIGHT_EYE_OUTER] - lm[:, LEFT_EYE_OUTER], axis=-1)
-    gap = np.linalg.norm(lm[:, UPPER_INNER_LIP] - lm[:, LOWER_INNER_LIP], axis=-1)
-    return gap / np.where(eyes > 0, eyes, np.nan)
 
 
 def inter_ocular_px(landmarks: np.ndarray) -> float:

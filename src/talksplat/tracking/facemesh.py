@@ -105,17 +105,19 @@ def track_frames(frames: Iterable[np.ndarray], static_image_mode: bool = False) 
         return [tracker.process(frame) for frame in frames]
 
 
-def mouth_opening(landmarks: list[np.ndarray | None]) -> np.ndarray:
+def mouth_opening(landmarks: list[np.ndarray | None] | np.ndarray) -> np.ndarray:
     """Inner-lip gap (landmarks 13-14) over the outer-eye-corner distance (33-263), per frame.
 
-    Scale-free, so renders and real frames of any size compare. Returns (T,) with NaN where no face.
+    Scale-free, so renders and real frames of any size compare. ``landmarks``: a list of (478, >=2)
+    arrays or None (no face), or a (T, 478, >=2) array with NaN rows. Returns (T,), NaN where no face.
     """
-    out = np.full(len(landmarks), np.nan)
-    for i, lm in enumerate(landmarks):
-        if lm is not None:
-            eyes = np.linalg.norm(lm[RIGHT_EYE_OUTER, :2] - lm[LEFT_EYE_OUTER, :2])
-            out[i] = np.linalg.norm(lm[UPPER_INNER_LIP, :2] - lm[LOWER_INNER_LIP, :2]) / max(eyes, 1e-9)
-    return out
+    if not isinstance(landmarks, np.ndarray):
+        landmarks = np.stack([np.full((NUM_LANDMARKS, 2), np.nan) if lm is None else np.asarray(lm)[:, :2]
+                              for lm in landmarks]) if len(landmarks) else np.zeros((0, NUM_LANDMARKS, 2))
+    lm = np.asarray(landmarks, np.float64)[..., :2]
+    eyes = np.linalg.norm(lm[:, RIGHT_EYE_OUTER] - lm[:, LEFT_EYE_OUTER], axis=-1)
+    gap = np.linalg.norm(lm[:, UPPER_INNER_LIP] - lm[:, LOWER_INNER_LIP], axis=-1)
+    return gap / np.where(eyes > 0, eyes, np.nan)
 
 
 def nan_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
