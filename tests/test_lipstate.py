@@ -44,12 +44,13 @@ def test_ridge_map_rejects_too_few_frames():
         fit_audio_to_lips(np.zeros((10, 16, 8)), np.zeros((10, 2)))
 
 
-def test_encoder_on_predicted_states_equals_encoder_on_audio():
+@pytest.mark.parametrize("center_skip", [False, True])
+def test_encoder_on_predicted_states_equals_encoder_on_audio(center_skip):
     rng = np.random.default_rng(3)
     windows = rng.normal(size=(120, 16, 8))
     targets = windows.reshape(120, -1)[:, :2]
     fit = fit_audio_to_lips(windows, targets)
-    encoder = LipStateEncoder(LipStateEncoderConfig(input_dim=128, lip_dims=2))
+    encoder = LipStateEncoder(LipStateEncoderConfig(input_dim=128, lip_dims=2, center_skip=center_skip))
     encoder.set_map(fit.x_mean, fit.x_std, fit.weight, fit.bias)
     w = torch.tensor(windows, dtype=torch.float32)
     np.testing.assert_allclose(encoder.predict(w).numpy(), fit.predict(windows), atol=1e-4)

@@ -233,6 +233,9 @@ class LipStateEncoderConfig:
     out_dim: int = 32
     hidden: int = 64
     smoothing_frames: int = 8
+    # Add the frame's own state, unpooled, to the attention-pooled code: the pooling learns to
+    # average ~4 frames (160 ms), which damps syllable-rate (4-5 Hz) mouth motion.
+    center_skip: bool = False
 
 
 class LipStateEncoder(nn.Module):
@@ -253,6 +256,14 @@ class LipStateEncoder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(config.lip_dims, config.hidden), nn.LeakyReLU(0.02, True),
                                  nn.Linear(config.hidden, config.out_dim))
         self.attention = temporal_attention(config.out_dim)
+        self.center = (nn.Sequential(nn.Linear(config.lip_dims, config.hidden), nn.LeakyReLU(0.02, True),
+                                     nn.Linear(config.hidden, config.out_dim)) if config.center_skip else None)
+
+    def _code(self, window_states: Tensor, frame: int, idx: Tensor) -> Tensor:
+        code = attention_pool(self.mlp(window_states), self.attention)
+        if self.center is not None:
+            code = code + self.center(window_states[int(torch.nonzero(idx == frame)[0, 0])])
+        return code
 
     @torch.no_grad()
     def set_map(self, x_mean, x_std, weight, bias) -> None:
@@ -268,9 +279,9 @@ class LipStateEncoder(nn.Module):
     def from_states(self, states: Tensor, frame: int) -> Tensor:
         """The smoothed code of ``frame`` from lip states of all frames [T, lip_dims] -> [out_dim]."""
         idx = temporal_window(frame, states.shape[0], self.config.smoothing_frames)
-        return attention_pool(self.mlp(states[idx]), self.attention)
+        return self._code(states[idx], frame, idx)
 
     def forward(self, windows: Tensor, frame: int) -> Tensor:
         """The smoothed code of ``frame`` from audio windows of all frames [T, ...] -> [out_dim]."""
         idx = temporal_window(frame, windows.shape[0], self.config.smoothing_frames)
-        return attention_pool(self.mlp(self.predict(windows[idx])), self.attention)
+        return self._code(self.predict(windows[idx]), frame, idx)
