@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,13 +11,9 @@ from talksplat.cli.main import main
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
+def demo(tiny_demo) -> Path:
     """The tiny demo's output folder (a trained subject in work/subject, unseen speech in work/unseen.wav)."""
-    out = tmp_path_factory.mktemp("eval") / "demo"
-    result = subprocess.run([sys.executable, "-m", "talksplat.cli.main", "demo", "--tiny", "-o", str(out)],
-                            capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr[-800:]
-    return out
+    return tiny_demo
 
 
 @pytest.mark.slow

@@ -3,8 +3,6 @@ memory, the paste-back seam statistic, and one-line errors with nothing half-wri
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -150,13 +148,9 @@ def test_output_path_and_audio_checks_give_one_line_errors(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- a trained subject
 @pytest.fixture(scope="module")
-def subject(tmp_path_factory) -> Path:
-    """A tiny trained subject (`talksplat demo --tiny`: ~15-30 s on 2 cores)."""
-    out = tmp_path_factory.mktemp("render") / "demo"
-    result = subprocess.run([sys.executable, "-m", "talksplat.cli.main", "demo", "--tiny", "-o", str(out)],
-                            capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr[-800:]
-    return out / "work" / "subject"
+def subject(tiny_demo) -> Path:
+    """A tiny trained subject (`talksplat demo --tiny`, shared with the other test files)."""
+    return tiny_demo / "work" / "subject"
 
 
 @pytest.fixture(scope="module")
