@@ -197,7 +197,8 @@ def _self_reconstruction(renderer, config: EvalConfig, lpips_model) -> tuple[dic
     with S.LandmarkTracker(config.landmark_size) as track_ours, S.LandmarkTracker(config.landmark_size) as track_gt:
         for t in _progress(frames, len(frames), "eval: rendering held-out frames", config.progress):
             tic = time.perf_counter()
-            image = model.render(int(t))["image"]
+            out = model.render(int(t))
+            image = out["image"]
             seconds.append(time.perf_counter() - tic)
             rendered, truth = _uint8(image), _uint8(data.image(int(t)))
             scores = {f"{k}_full": v for k, v in _image_scores(rendered, truth, config.psnr_cap_db, lpips_model).items()}
@@ -213,7 +214,7 @@ def _self_reconstruction(renderer, config: EvalConfig, lpips_model) -> tuple[dic
                 per_frame.setdefault(k, []).append(v)
             # Motion metrics track the render over a fixed backdrop: a frame's own backdrop (its real
             # torso and neck) outlines the real jaw, which leaks the real mouth opening.
-            ours.append(track_ours(_uint8(model.render(int(t), backdrop=fixed_backdrop)["image"])))
+            ours.append(track_ours(_uint8(out["head"] + (1.0 - out["alpha"]) * fixed_backdrop)))
             truth_lms.append(track_gt(truth))
     samples = _audio_slice(_subject_audio(renderer), int(frames[0]), int(frames[-1]) + 1)
     clip = _Clip(frames, np.stack(ours), np.stack(truth_lms), samples, samples, per_frame, seconds)
@@ -231,13 +232,10 @@ def _self_reconstruction(renderer, config: EvalConfig, lpips_model) -> tuple[dic
 
 @torch.no_grad()
 def _cross_driven(renderer, audio: Path, config: EvalConfig) -> tuple[dict, _Clip]:
-    from talksplat.features.audio import load_audio_16k, num_frames_for_samples
-    from talksplat.render.renderer import MAX_AUDIO_SECONDS, RenderOptions
+    from talksplat.features.audio import num_frames_for_samples
+    from talksplat.render.renderer import RenderOptions, load_driving_audio
 
-    samples = load_audio_16k(audio)
-    if len(samples) / 16_000 > MAX_AUDIO_SECONDS:
-        raise TalksplatError(f"{audio} is {len(samples) / 16_000:.0f} s long; the limit is "
-                             f"{MAX_AUDIO_SECONDS:.0f} s, split it into shorter files")
+    samples = load_driving_audio(audio)
     n = num_frames_for_samples(len(samples))
     if n < M.STABILITY_MIN_FRAMES:
         raise TalksplatError(f"{audio} is {len(samples) / 16_000:.2f} s long; at least "

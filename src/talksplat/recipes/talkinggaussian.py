@@ -256,7 +256,8 @@ class TalkingGaussian(nn.Module):
             image = image + transmittance * mouth.image
             transmittance = transmittance * (1.0 - mouth.alpha)
         backdrop = self.data.backdrop(t) if backdrop is None else backdrop
-        return {"image": image + transmittance * backdrop, "alpha": 1.0 - transmittance,
+        # "head": premultiplied head colour, to composite the same render over another backdrop.
+        return {"image": image + transmittance * backdrop, "alpha": 1.0 - transmittance, "head": image,
                 "face_meta": face.meta, "mouth_meta": mouth.meta if mouth is not None else None}
 
     # ---------------------------------------------------------------------------------- training
@@ -326,8 +327,9 @@ class TalkingGaussian(nn.Module):
         # torso and neck) outlines the real jaw and would show the tracker the real mouth opening.
         fixed_backdrop = self.data.backdrop(int(self.data.train_frames[0]))
         for t in frames:
-            rendered, target = self.render(int(t))["image"].clamp(0, 1), self.data.image(int(t))
-            for_lips = self.render(int(t), backdrop=fixed_backdrop)["image"].clamp(0, 1)
+            out, target = self.render(int(t)), self.data.image(int(t))
+            rendered = out["image"].clamp(0, 1)
+            for_lips = (out["head"] + (1.0 - out["alpha"]) * fixed_backdrop).clamp(0, 1)
             rendered_u8.append((for_lips.numpy() * 255).round().astype(np.uint8))
             # The same without deformation: head pose alone correlates with mouth opening in real
             # footage (and moves the tracked landmarks), so this is the floor to compare with.
