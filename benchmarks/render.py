@@ -91,29 +91,18 @@ def instrument(renderer):
     import talksplat.recipes.talkinggaussian as recipe_module
 
     timer = renderer.timer
+
+    def timed(name: str, function):
+        def wrapper(*args, **kwargs):
+            with timer(name):
+                return function(*args, **kwargs)
+        return wrapper
+
     original_rasterize = recipe_module.rasterize
-
-    def timed_rasterize(*args, **kwargs):
-        with timer("rasterize"):
-            return original_rasterize(*args, **kwargs)
-
-    recipe_module.rasterize = timed_rasterize
+    recipe_module.rasterize = timed("rasterize", original_rasterize)
     for branch in renderer.model.branches():
-        forward = branch.motion.forward
-
-        def timed_forward(*args, _forward=forward, **kwargs):
-            with timer("motion_field"):
-                return _forward(*args, **kwargs)
-
-        branch.motion.forward = timed_forward
-    data = renderer.data
-    backdrop = data.backdrop
-
-    def timed_backdrop(*args, **kwargs):
-        with timer("backdrop"):
-            return backdrop(*args, **kwargs)
-
-    data.backdrop = timed_backdrop
+        branch.motion.forward = timed("motion_field", branch.motion.forward)
+    renderer.data.backdrop = timed("backdrop", renderer.data.backdrop)
     return lambda: setattr(recipe_module, "rasterize", original_rasterize)
 
 
