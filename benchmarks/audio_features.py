@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from talksplat.features.audio import (
-    AudioFeatures,
     fit_to_frames,
     load_audio_16k,
     mel_windows,
     num_frames_for_samples,
 )
 from talksplat.features.phones import phone_posteriors
+from talksplat.features.registry import AudioFeatures
 from talksplat.io.audio import save_wav
 from talksplat.synthetic import bundled_clips
 

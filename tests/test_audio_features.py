@@ -14,17 +14,16 @@ from talksplat.errors import TalksplatError
 from talksplat.features.audio import (
     MEL_BANDS,
     WINDOW_LEAD,
-    AudioFeatures,
-    compute_default_features,
     fit_to_frames,
     load_audio_16k,
     mel_filterbank,
     mel_windows,
     num_frames_for_duration,
     num_frames_for_samples,
-    parse_feature_name,
+    shift_audio,
 )
 from talksplat.features.phones import NUM_PHONES, PHONES, SILENCE
+from talksplat.features.registry import AudioFeatures, compute_default_features, parse_feature_name
 from talksplat.io.audio import save_wav
 from talksplat.synthetic import bundled_clips
 
@@ -282,3 +281,15 @@ def test_pretrained_errors(tmp_path):
     (tmp_path / "junk" / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(TalksplatError, match="wav2vec2"):
         _ = AudioFeatures(f"wav2vec2:{tmp_path / 'junk'}").frame_shape
+
+
+def test_shift_audio_rounds_to_the_nearest_sample_and_keeps_the_length():
+    x = np.arange(1, 2001, dtype=np.float32)
+    # 30 fps at 16 kHz is 533.3 samples per frame: one frame later is 533 samples (a floor gave 534).
+    later = shift_audio(x, -1, SR, 30)
+    assert later.shape == x.shape and not later[:533].any() and later[533] == 1
+    earlier = shift_audio(x, 2, SR, 30)                   # 1066.7 -> 1067 samples earlier
+    assert earlier[0] == 1068 and not earlier[-1067:].any() and earlier.dtype == np.float32
+    assert np.array_equal(shift_audio(x, 0), x)
+    assert shift_audio(x, 10).shape == x.shape and not shift_audio(x, 10).any()   # past the end: silence
+

@@ -106,6 +106,33 @@ def test_audio_step_records_features_or_pending_hook(subject):
         assert info["features"] == "audio features: pending (issue 7)"
 
 
+def test_audio_step_shifts_exactly_as_offset_estimation_defines(tmp_path, monkeypatch):
+    """prepare's offset correction and features.sync_offset.shift_audio are one function: the audio
+    step's output equals sync_offset.shift_audio of its input (they once rounded differently)."""
+    from talksplat.features import sync_offset
+    from talksplat.features.audio import shift_audio
+    from talksplat.io import load_audio, save_wav
+    from talksplat.prepare import pipeline
+    from talksplat.prepare.runner import StepRunner
+
+    assert pipeline.shift_audio is sync_offset.shift_audio is shift_audio
+    n, offset = 60, -3                  # negative: never taken for the lips' natural lead
+    root = tmp_path / "s"
+    (root / "media").mkdir(parents=True)
+    save_wav(root / L.MEDIA_AUDIO, np.random.default_rng(0).uniform(-0.5, 0.5, n * 640))
+    (root / L.MEDIA_JSON).write_text(json.dumps({"n_frames": n}))
+    np.save(root / L.LANDMARKS, np.zeros((n, 478, 3), np.float32))
+    reliable = sync_offset.OffsetEstimate(offset, 0.1, True, np.zeros(2 * sync_offset.MAX_SHIFT + 1))
+    monkeypatch.setattr(pipeline, "_features_api", lambda: (None, lambda *a, **k: reliable))
+
+    info = pipeline._step_audio(PrepareConfig(), True, [])(StepRunner(root, "test"))
+
+    assert info["applied_shift_frames"] == offset
+    expected = save_wav(tmp_path / "expected.wav", sync_offset.shift_audio(load_audio(root / L.MEDIA_AUDIO), offset))
+    np.testing.assert_array_equal(load_audio(root / L.AUDIO_WAV), load_audio(expected))
+    assert np.all(load_audio(root / L.AUDIO_WAV)[:3 * 640] == 0)      # later by 3 frames: silence first
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: one line on stderr, exit code 2, no traceback.
 def _error(capsys, *argv) -> str:

@@ -10,7 +10,8 @@ import pytest
 
 from talksplat.cli.main import main as cli_main
 from talksplat.errors import TalksplatError
-from talksplat.features.audio import AudioFeatures, load_audio_16k
+from talksplat.features.audio import load_audio_16k
+from talksplat.features.registry import AudioFeatures
 from talksplat.features.sync import (
     SyncTrainConfig,
     estimate_offset,

@@ -127,7 +127,7 @@ def test_masks_match_the_parameters(tiny, tiny_gt):
     assert not np.any(face & tiny_gt["mask_inside_mouth"])
     assert 0.05 < face.mean() < 0.5 and 0.1 < bg.mean() < 0.9
     # Closed eyes hide the eye-opening pixels.
-    eyes = (tiny_gt["labels"] == T.LABELS["eye_right"]).sum(axis=(1, 2))
+    eyes = (tiny_gt["labels"] == T.LABEL_VALUES["eye_right"]).sum(axis=(1, 2))
     blink = tiny_gt["blink_right"]
     if blink.max() > 0.9:
         assert eyes[np.argmax(blink)] <= 0.3 * eyes[blink < 0.05].mean()

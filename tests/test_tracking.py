@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from talksplat.core.labels import INSIDE_MOUTH, SKIN
 from talksplat.prepare.runner import Step, StepRunner
 from talksplat.tracking import pose as P
 from talksplat.tracking.crop import CropBox, compute_crop_box, crop_to_source, source_to_crop
-from talksplat.tracking.masks import INSIDE_MOUTH, SKIN, closed_mouth_corrected_lips, fill_polygon, label_map
+from talksplat.tracking.masks import closed_mouth_corrected_lips, fill_polygon, label_map
 from talksplat.tracking.subject import choose_subject, interpolate_gaps, longest_gap
 from talksplat.tracking.template import load_canonical_template
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from talksplat.core.constants import FPS
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -15,7 +17,7 @@ def register(subparsers) -> None:
     parser.add_argument("video", type=Path, help="input video (mp4/mov/mkv/webm/avi, any fps/size)")
     parser.add_argument("-o", "--out", dest="out_dir", type=Path, required=True, help="subject folder (created)")
     parser.add_argument("--size", type=int, default=512, help="side of the square crop images (default 512)")
-    parser.add_argument("--fps", type=int, default=25, help="dataset frame rate (default 25)")
+    parser.add_argument("--fps", type=int, default=FPS, help=f"dataset frame rate (default {FPS})")
     parser.add_argument("--no-audio", action="store_true", help="accept a video without sound (no audio features)")
     parser.add_argument("--no-offset-correction", action="store_true",
                         help="report the audio/video offset but do not shift the audio")

@@ -1,4 +1,8 @@
-"""Audio features aligned to 25 fps video frames, computed offline (no weights), and cached.
+"""Audio primitives shared by every audio feature: frame timing, loading, log-mel, offset shifts, caching.
+
+The bottom of ``talksplat.features``: the extractors (phones, the sync encoder, the pretrained
+encoders) and the dispatcher over them (:mod:`talksplat.features.registry`, :class:`AudioFeatures`)
+build on this module, which imports none of them.
 
 Timing convention, used by every audio feature of talksplat:
 
@@ -10,8 +14,7 @@ Timing convention, used by every audio feature of talksplat:
   so frame ``t`` owns steps ``4t .. 4t + 3`` and its 16-step window is steps ``4t - 6 .. 4t + 9``
   (centred on the frame's centre ``(t + 0.5) / 25`` s). Audio before 0 or after the end is silence.
 
-Features by name (see :class:`AudioFeatures`): ``mel`` (T, 16, 80), ``phones`` (T, 40),
-``mel+phones`` (T, 16, 120), ``avsync[:PATH]`` (T, D), ``wav2vec2:PATH`` / ``hubert:PATH`` (T, 16, D).
+Features by name: :mod:`talksplat.features.registry`.
 """
 
 from __future__ import annotations
@@ -26,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+# FPS, SAMPLE_RATE and SAMPLES_PER_FRAME are defined in talksplat.core.constants; they stay importable
+# from here because every feature module and many callers read them from this module.
+from talksplat.core.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from talksplat.errors import TalksplatError
 from talksplat.io.atomic import atomic_path, write_bytes_atomic
 from talksplat.io.audio import load_audio
 
-SAMPLE_RATE = 16_000
-FPS = 25
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS          # 640
 PARTIAL_FRAME_TOLERANCE = SAMPLE_RATE // 200    # 5 ms: trailing remainders up to this are not a frame
 
 MEL_BANDS = 80
@@ -108,6 +111,26 @@ def frame_samples(samples: np.ndarray, n_frames: int | None) -> tuple[np.ndarray
     if n_frames <= 0:
         raise TalksplatError(f"n_frames must be positive (got {n_frames})")
     return fit_to_frames(samples, n_frames), n_frames
+
+
+def shift_audio(audio: np.ndarray, offset_frames: int, sample_rate: int = SAMPLE_RATE,
+                fps: float = FPS) -> np.ndarray:
+    """Correct an audio-video offset: move ``audio`` (N,) earlier by ``offset_frames`` video frames
+    (later if negative), keeping its length; silence fills the gap. Returns (N,) float32.
+
+    The one definition used by offset estimation and ``prepare`` (they used to round differently
+    when ``sample_rate / fps`` is not a whole number). The shift is rounded to the nearest sample.
+    Sign: ``offset_frames > 0`` means the audio lags the video (:func:`sync_offset.estimate_offset`).
+    """
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    shift = round(offset_frames * sample_rate / fps)
+    out = np.zeros_like(audio)
+    kept = audio.size - abs(shift)          # samples that stay inside the clip
+    if kept > 0 and shift >= 0:
+        out[:kept] = audio[shift:]
+    elif kept > 0:
+        out[-shift:] = audio[:kept]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -216,7 +239,7 @@ class CacheKey:
         return asdict(self)
 
 
-def _cache_valid(npy: Path, meta: Path, key: CacheKey, shape: tuple[int, ...]) -> bool:
+def cache_valid(npy: Path, meta: Path, key: CacheKey, shape: tuple[int, ...]) -> bool:
     if not (npy.is_file() and meta.is_file()):
         return False
     try:
@@ -227,176 +250,25 @@ def _cache_valid(npy: Path, meta: Path, key: CacheKey, shape: tuple[int, ...]) -
     return stored == key.to_json() and tuple(array.shape) == shape and array.dtype == np.float32
 
 
-def _write_cached(npy: Path, meta: Path, key: CacheKey, array: np.ndarray) -> None:
+def write_cached(npy: Path, meta: Path, key: CacheKey, array: np.ndarray) -> None:
     with atomic_path(npy) as tmp:
         np.save(tmp, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
     write_bytes_atomic(meta, (json.dumps(key.to_json(), indent=1) + "\n").encode())
 
 
 # ----------------------------------------------------------------------------------------------------
-# Default features for `prepare`
-
-DEFAULT_FEATURES = ("mel", "phones")
-
-
-def compute_default_features(audio_path: Path, n_frames: int, out_dir: Path) -> dict[str, Path]:
-    """Write ``mel.npy`` (n_frames, 16, 80) and ``phones.npy`` (n_frames, 40), float32, to ``out_dir``.
-
-    Each has a ``<name>.json`` sidecar (input file SHA-256, n_frames, feature version); outputs
-    whose sidecar matches the current input are reused without decoding anything.
-
-    Returns:
-        {"mel": path, "phones": path}
-    """
-    from talksplat.features.phones import NUM_PHONES, phone_posteriors
-
-    audio_path, out_dir = Path(audio_path), Path(out_dir)
-    if not audio_path.is_file():
-        raise TalksplatError(f"audio file not found: {audio_path}")
-    if n_frames <= 0:
-        raise TalksplatError(f"n_frames must be positive (got {n_frames})")
-    digest = file_digest(audio_path)
-    shapes = {"mel": (n_frames, WINDOW_STEPS, MEL_BANDS), "phones": (n_frames, NUM_PHONES)}
-    outputs = {name: out_dir / f"{name}.npy" for name in DEFAULT_FEATURES}
-    pending = [name for name in DEFAULT_FEATURES
-               if not _cache_valid(outputs[name], out_dir / f"{name}.json",
-                                   CacheKey(name, digest, n_frames), shapes[name])]
-    if pending:
-        samples = fit_to_frames(load_audio_16k(audio_path), n_frames)
-        compute = {"mel": lambda: mel_windows(samples, n_frames),
-                   "phones": lambda: phone_posteriors(samples, n_frames)}
-        for name in pending:
-            _write_cached(outputs[name], out_dir / f"{name}.json", CacheKey(name, digest, n_frames),
-                          compute[name]())
-    return outputs
+# Transitional: the dispatcher moved to talksplat.features.registry (it imports the extractors, which
+# import this module, so it cannot live here). These names keep working for callers not yet updated
+# (render/stream.py, render/renderer.py, data/subject.py, tests/test_render.py); delete this function
+# and the allowance in tests/test_layering.py (TRANSITIONAL_EDGES) once they import from the registry.
+_MOVED_TO_REGISTRY = ("AudioFeatures", "FeatureSpec", "FEATURE_KINDS", "KINDS_NEEDING_PATH",
+                      "DEFAULT_FEATURES", "compute_default_features", "parse_feature_name")
 
 
-# ----------------------------------------------------------------------------------------------------
-# One interface over all audio features
+def __getattr__(name: str):
+    if name in _MOVED_TO_REGISTRY:
+        from talksplat.features import registry
 
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-@dataclass(frozen=True)
-class FeatureSpec:
-    """A parsed feature name: ``kind`` in mel / phones / mel+phones / avsync / wav2vec2 / hubert."""
-
-    kind: str
-    path: str | None = None
-
-    @property
-    def name(self) -> str:
-        return self.kind if self.path is None else f"{self.kind}:{self.path}"
-
-
-FEATURE_KINDS = ("mel", "phones", "mel+phones", "avsync", "wav2vec2", "hubert")
-KINDS_NEEDING_PATH = ("wav2vec2", "hubert")
-
-
-def parse_feature_name(name: str) -> FeatureSpec:
-    """Parse ``mel``, ``phones``, ``mel+phones``, ``avsync[:PATH]``, ``wav2vec2:PATH``, ``hubert:PATH``."""
-    kind, _, path = name.strip().partition(":")
-    kind = kind.strip().lower()
-    if kind not in FEATURE_KINDS:
-        raise TalksplatError(f"unknown audio feature {name!r}; choose one of "
-                             "mel, phones, mel+phones, avsync[:MODEL_DIR], wav2vec2:DIR, hubert:DIR")
-    if kind in KINDS_NEEDING_PATH and not path:
-        raise TalksplatError(f"audio feature {kind!r} needs a local model folder: write {kind}:/path/to/model")
-    if kind in ("mel", "phones", "mel+phones") and path:
-        raise TalksplatError(f"audio feature {kind!r} takes no path (got {name!r})")
-    return FeatureSpec(kind, path or None)
-
-
-class AudioFeatures:
-    """Audio features chosen by name, aligned to 25 fps frames, optionally cached on disk.
-
-        feats = AudioFeatures("mel+phones", cache_dir="cache/")
-        x = feats.compute("speech.wav")            # (T, 16, 120) float32
-        feats.frame_shape                          # (16, 120)
-
-    ``avsync`` without a path uses the sync encoder shipped with the package; ``avsync:DIR`` a
-    checkpoint saved by ``talksplat sync-train``.
-    """
-
-    def __init__(self, name: str, cache_dir: str | os.PathLike[str] | None = None) -> None:
-        self.spec = parse_feature_name(name)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._extractor = None
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def frame_shape(self) -> tuple[int, ...]:
-        """Shape of one frame's feature: (16, D) for windowed features, (D,) otherwise."""
-        from talksplat.features.phones import NUM_PHONES
-
-        kind = self.spec.kind
-        if kind == "mel":
-            return (WINDOW_STEPS, MEL_BANDS)
-        if kind == "phones":
-            return (NUM_PHONES,)
-        if kind == "mel+phones":
-            return (WINDOW_STEPS, MEL_BANDS + NUM_PHONES)
-        return self._get_extractor().frame_shape
-
-    def _get_extractor(self):
-        if self._extractor is None:
-            if self.spec.kind == "avsync":
-                from talksplat.features.sync import SyncFeatureExtractor
-
-                self._extractor = SyncFeatureExtractor.load(self.spec.path)
-            else:
-                from talksplat.features.pretrained import PretrainedAudioEncoder
-
-                self._extractor = PretrainedAudioEncoder(self.spec.kind, self.spec.path)
-        return self._extractor
-
-    def compute_samples(self, samples: np.ndarray, n_frames: int | None = None) -> np.ndarray:
-        """Features of 16 kHz mono ``samples`` (N,), (n_frames, *frame_shape) float32."""
-        from talksplat.features.phones import phone_posteriors, phone_step_posteriors
-
-        samples, n_frames = frame_samples(validate_samples(samples), n_frames)
-        kind = self.spec.kind
-        if kind == "mel":
-            return mel_windows(samples, n_frames)
-        if kind == "phones":
-            return phone_posteriors(samples, n_frames)
-        if kind == "mel+phones":
-            first, count = window_step_range(n_frames)
-            steps = np.concatenate([log_mel_steps(samples, first, count),
-                                    phone_step_posteriors(samples, first, count)], axis=1)
-            return step_windows(steps, n_frames)
-        return self._get_extractor().compute(samples, n_frames)
-
-    def compute(self, audio_path: str | os.PathLike[str], n_frames: int | None = None) -> np.ndarray:
-        """Features of the audio in ``audio_path`` (any format FFmpeg reads), cached in ``cache_dir``.
-
-        Returns:
-            (n_frames, *frame_shape) float32; n_frames defaults to the audio's frame count.
-        """
-        audio_path = Path(audio_path)
-        if not audio_path.is_file():
-            raise TalksplatError(f"audio file not found: {audio_path}")
-        if self.cache_dir is None:
-            return self.compute_samples(load_audio_16k(audio_path), n_frames)
-        digest = file_digest(audio_path)
-        samples = None
-        if n_frames is None:
-            samples = load_audio_16k(audio_path)
-            n_frames = num_frames_for_samples(samples.size)
-        key = CacheKey(self._cache_feature_id(), digest, n_frames)
-        stem = hashlib.sha256(json.dumps(key.to_json(), sort_keys=True).encode()).hexdigest()[:20]
-        npy, meta = self.cache_dir / f"{stem}.npy", self.cache_dir / f"{stem}.json"
-        if _cache_valid(npy, meta, key, (n_frames, *self.frame_shape)):
-            return np.load(npy, allow_pickle=False)
-        if samples is None:
-            samples = load_audio_16k(audio_path)
-        features = self.compute_samples(samples, n_frames)
-        _write_cached(npy, meta, key, features)
-        return features
-
-    def _cache_feature_id(self) -> str:
-        """The feature's name plus, for model-based features, a fingerprint of the model."""
-        if self.spec.kind in ("mel", "phones", "mel+phones"):
-            return self.spec.kind
-        return f"{self.spec.kind}:{self._get_extractor().fingerprint}"

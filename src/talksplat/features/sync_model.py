@@ -35,12 +35,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from talksplat.core.landmarks import LIP_POINTS
 from talksplat.errors import TalksplatError
-from talksplat.features.audio import MEL_BANDS, WINDOW_STEPS, fit_to_frames, load_audio_16k, mel_windows
+from talksplat.features.audio import FPS, MEL_BANDS, WINDOW_STEPS, fit_to_frames, load_audio_16k, mel_windows
 from talksplat.features.sync_offset import MAX_SHIFT, normalise_lip_shapes
-from talksplat.tracking.facemesh import INNER_LIPS, OUTER_LIPS
 
-LIP_INDICES = INNER_LIPS + OUTER_LIPS          # the 40 MediaPipe lip points, in this order
+LIP_INDICES = LIP_POINTS                       # the 40 MediaPipe lip points, in this order
 VISUAL_WINDOW = 5                              # frames of lips per visual input (SyncTalk++: 5)
 SHIFTS = np.arange(-MAX_SHIFT, MAX_SHIFT + 1)  # candidate offsets, frames
 MIN_NEGATIVE_SHIFT = 3                         # shifts this far off count as "not in sync" for BCE
@@ -113,7 +113,7 @@ def clip_from_files(landmarks_path: str | Path, audio_path: str | Path, name: st
     return make_clip(landmarks, load_audio_16k(audio_path), name or landmarks_path.stem)
 
 
-def track_video_lips(video_path: str | Path, fps: float = 25.0, progress: bool = True) -> np.ndarray:
+def track_video_lips(video_path: str | Path, fps: float = FPS, progress: bool = True) -> np.ndarray:
     """FaceMesh lip landmarks of a video resampled to ``fps`` (nearest frame), (T, 40, 2), NaN where
     no face was found."""
     from tqdm import tqdm
@@ -443,7 +443,7 @@ def train_sync_encoder(clips: list[SyncClip], cfg: SyncTrainConfig = SyncTrainCo
     if not clips:
         raise TalksplatError("no clips to train the sync encoder on")
     if not any(_chunk_starts(c, cfg.chunk_frames) > 0 for c in clips):
-        need = (cfg.chunk_frames + 2 * MAX_SHIFT + VISUAL_WINDOW) / 25
+        need = (cfg.chunk_frames + 2 * MAX_SHIFT + VISUAL_WINDOW) / FPS
         raise TalksplatError(f"every clip is too short for sync training (need > {need:.1f} s of video)")
     if any(c.lips.shape[1] != 2 * cfg.model.lip_points for c in clips):
         raise TalksplatError(f"clips must have {cfg.model.lip_points} lip points per frame")

@@ -26,6 +26,18 @@ import numpy as np
 
 from talksplat.errors import TalksplatError
 
+# shift_audio is defined in features.audio (shared with prepare); re-exported here, where it was first.
+from talksplat.features.audio import (  # noqa: F401
+    FPS,
+    SAMPLE_RATE,
+    SILENCE_PEAK,
+    STEPS_PER_FRAME,
+    WINDOW_LEAD,
+    fit_to_frames,
+    mel_windows,
+    shift_audio,
+)
+
 MAX_SHIFT = 15                    # candidate shifts -15..+15 frames (+-0.6 s at 25 fps)
 NUM_FOLDS = 5                     # contiguous cross-validation blocks
 MOUTH_CONTEXT = 1                 # lip shapes of frames t-1..t+1 are predicted together
@@ -113,8 +125,6 @@ def normalise_lip_shapes(mouth_landmarks: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def frame_log_mel(audio: np.ndarray, n_frames: int) -> np.ndarray:
     """(n_frames, 80) log-mel of each video frame's own 40 ms (mean of its four 10 ms steps)."""
-    from talksplat.features.audio import STEPS_PER_FRAME, WINDOW_LEAD, fit_to_frames, mel_windows
-
     windows = mel_windows(fit_to_frames(np.asarray(audio, np.float32).reshape(-1), n_frames), n_frames)
     return windows[:, WINDOW_LEAD:WINDOW_LEAD + STEPS_PER_FRAME].mean(axis=1)
 
@@ -219,8 +229,8 @@ def lag_scores(lip_shapes: np.ndarray, frame_audio: np.ndarray, valid: np.ndarra
                      for (inputs, targets, means, fold), w in zip(problems, weights, strict=True)])
 
 
-def estimate_offset(mouth_landmarks: np.ndarray, audio: np.ndarray, fps: float = 25.0,
-                    sample_rate: int = 16000) -> OffsetEstimate:
+def estimate_offset(mouth_landmarks: np.ndarray, audio: np.ndarray, fps: float = FPS,
+                    sample_rate: int = SAMPLE_RATE) -> OffsetEstimate:
     """Estimate the audio-video offset of a clip (see the module docstring for the method).
 
     Args:
@@ -232,15 +242,15 @@ def estimate_offset(mouth_landmarks: np.ndarray, audio: np.ndarray, fps: float =
     Returns:
         :class:`OffsetEstimate`; clips shorter than 2.4 s give ``reliable=False`` and offset 0.
     """
-    if abs(fps - 25.0) > 1e-6 or sample_rate != 16000:
-        raise TalksplatError(f"estimate_offset works at 25 fps and 16 kHz (got {fps} fps, {sample_rate} Hz); "
+    if abs(fps - FPS) > 1e-6 or sample_rate != SAMPLE_RATE:
+        raise TalksplatError(f"estimate_offset works at {FPS} fps and {SAMPLE_RATE // 1000} kHz (got {fps} fps, {sample_rate} Hz); "
                              "resample the video and audio first")
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
     n_frames = len(mouth_landmarks)
     no_scores = np.zeros(2 * MAX_SHIFT + 1)
     if n_frames < MIN_FRAMES:
         return OffsetEstimate(0, 0.0, False, no_scores, reason=f"clip too short ({n_frames} frames < {MIN_FRAMES})")
-    if audio.size == 0 or float(np.max(np.abs(audio))) < 1e-4:
+    if audio.size == 0 or float(np.max(np.abs(audio))) < SILENCE_PEAK:
         return OffsetEstimate(0, 0.0, False, no_scores, reason="the audio is silent")
     shapes, valid = normalise_lip_shapes(mouth_landmarks)
     scores = lag_scores(shapes, frame_log_mel(audio, n_frames), valid)
@@ -261,21 +271,9 @@ def summarise_scores(scores: np.ndarray, n_frames: int) -> OffsetEstimate:
     elif best in (0, len(scores) - 1):
         reason = "the best shift is at the edge of the search range (the offset may be larger)"
     elif n_frames < MIN_RELIABLE_FRAMES:
-        reason = f"only {n_frames / 25:.1f} s of video; >= {MIN_RELIABLE_FRAMES / 25:.0f} s (20 s best) is needed"
+        reason = (f"only {n_frames / FPS:.1f} s of video; >= {MIN_RELIABLE_FRAMES / FPS:.0f} s (20 s best) "
+                  "is needed")
     return OffsetEstimate(best - (len(scores) - 1) // 2, margin, not reason, scores, peak, reason)
-
-
-def shift_audio(audio: np.ndarray, offset_frames: int, sample_rate: int = 16000, fps: float = 25.0) -> np.ndarray:
-    """Correct an offset: move ``audio`` (N,) earlier by ``offset_frames`` (later if negative),
-    keeping its length (zeros fill the gap). Returns (N,) float32."""
-    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-    shift = round(offset_frames * sample_rate / fps)
-    out = np.zeros_like(audio)
-    if shift >= 0:
-        out[:audio.size - shift] = audio[shift:]
-    else:
-        out[-shift:] = audio[:audio.size + shift]
-    return out
 
 
 def shift_frame_features(features: np.ndarray, offset_frames: int) -> np.ndarray:

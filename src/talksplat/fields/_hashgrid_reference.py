@@ -17,13 +17,10 @@ Conventions (shared with the kernel):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:  # only for annotations; hashgrid.py imports this module
-    from talksplat.fields.hashgrid import GridLayout
 
 PLANE_NAMES = ("xy", "yz", "xz")
 # Input axes read by each plane, in output order. The first axis of a pair is the hash's "x".
@@ -34,6 +31,18 @@ HASH_PRIME_B = 2654435761
 UINT32_MASK = 0xFFFFFFFF
 # Cell corners as (da, db) offsets, in the order the weights are built below.
 CELL_CORNERS = ((0, 0), (1, 0), (0, 1), (1, 1))
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """Per-level geometry shared by all three planes (derived from a HashGridConfig by
+    ``hashgrid.grid_layout``)."""
+
+    resolutions: tuple[int, ...]
+    table_sizes: tuple[int, ...]
+    offsets: tuple[int, ...]
+    hashed: tuple[bool, ...]
+    entries_per_plane: int
 
 
 def normalize_inputs(x: Tensor, bound: float) -> Tensor:

@@ -35,7 +35,10 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from talksplat._native import NativeStatus, ptr, try_load
-from talksplat.fields._hashgrid_reference import PLANE_AXES, reference_encode
+
+# GridLayout is defined beside the reference (which consumes it) so that the reference needs nothing
+# from this module; it stays importable from here and from talksplat.fields.
+from talksplat.fields._hashgrid_reference import PLANE_AXES, GridLayout, reference_encode
 
 Backend = Literal["auto", "cpu", "reference"]
 BACKENDS = ("auto", "cpu", "reference")
@@ -96,17 +99,6 @@ class HashGridConfig:
     @property
     def output_dim(self) -> int:
         return NUM_PLANES * self.num_levels * self.features_per_level
-
-
-@dataclass(frozen=True)
-class GridLayout:
-    """Per-level geometry shared by all three planes (derived from a HashGridConfig)."""
-
-    resolutions: tuple[int, ...]
-    table_sizes: tuple[int, ...]
-    offsets: tuple[int, ...]
-    hashed: tuple[bool, ...]
-    entries_per_plane: int
 
 
 def level_scale(config: HashGridConfig) -> float:

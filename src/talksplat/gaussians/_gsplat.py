@@ -23,10 +23,10 @@ def status() -> NativeStatus:
 
 
 def rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width, height, background, *,
-                     near_plane, far_plane, eps2d):
+                     near_plane, far_plane, eps2d) -> tuple:
+    """gsplat's rasterization as (image, alpha, depth, meta); ``rasterize`` wraps it in its
+    ``RenderResult`` (a plain tuple here keeps this backend below ``rasterize``: no import cycle)."""
     import gsplat
-
-    from talksplat.gaussians.rasterize import RenderResult
 
     renders, alphas, info = gsplat.rasterization(
         means, quats, scales, opacities, colors, viewmat[None], K[None], width, height,
@@ -42,4 +42,4 @@ def rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width,
             "depths": info["depths"][0], "conics": info["conics"][0],
             "tiles_per_gaussian": info["tiles_per_gauss"][0], "n_isects": int(info["isect_ids"].numel()),
             "backend": "gsplat"}
-    return RenderResult(image, alpha, renders[0, ..., channels:], meta)
+    return image, alpha, renders[0, ..., channels:], meta

@@ -117,8 +117,10 @@ def rasterize(
     if chosen == "gsplat":
         from talksplat.gaussians._gsplat import rasterize_gsplat
 
-        return rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width, height,
-                                background, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d)
+        image, alpha, depth, meta = rasterize_gsplat(
+            means, quats, scales, opacities, colors, viewmat, K, width, height, background,
+            near_plane=near_plane, far_plane=far_plane, eps2d=eps2d)
+        return RenderResult(image, alpha, depth, meta)
     if chosen == "cpu":
         means2d, conics, depths, ext, radii = _cpu.project(
             means, quats, scales, opacities, viewmat, K, width, height, near_plane, far_plane, eps2d)

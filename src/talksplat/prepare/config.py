@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from talksplat.core.constants import FPS, SAMPLE_RATE
 from talksplat.errors import TalksplatError
-
-SAMPLE_RATE = 16_000
 
 
 @dataclass(frozen=True)
@@ -15,7 +14,7 @@ class PrepareConfig:
     """What :func:`talksplat.prepare.prepare` makes from a video. Same config -> same dataset."""
 
     size: int = 512                    # side of the square crop images, pixels
-    fps: int = 25                      # frames per second of the dataset (the video is resampled)
+    fps: int = FPS                     # frames per second of the dataset (the video is resampled)
     audio: bool = True                 # False (--no-audio): accept videos without sound, no audio features
     offset_correction: bool = True     # shift the audio when a reliable A/V offset is found
     # Lips naturally lead the sound by 1-2 frames (facts.md); an offset in [0, this] is that lead, not

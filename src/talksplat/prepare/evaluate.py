@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from talksplat.core.labels import FACE_LABELS, INSIDE_MOUTH
 from talksplat.features.expression import blink_events, match_events
 from talksplat.prepare import layout as L
-from talksplat.tracking.masks import FACE_LABELS, INSIDE_MOUTH
 
 BLINK_TOLERANCE_FRAMES = 1
 GT_BLINK_THRESHOLD = 0.5

@@ -13,10 +13,11 @@ from pathlib import Path
 import av
 import numpy as np
 
+from talksplat.core.constants import SAMPLE_RATE
 from talksplat.errors import TalksplatError
 from talksplat.io import VideoWriter, load_audio, probe_video
 from talksplat.io.video import iter_frames
-from talksplat.prepare.config import SAMPLE_RATE, PrepareConfig
+from talksplat.prepare.config import PrepareConfig
 
 # A file whose frames stop this much before its header's duration is truncated.
 TRUNCATION_TOLERANCE_S = 0.5

@@ -17,12 +17,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from talksplat.core.constants import SAMPLE_RATE
 from talksplat.errors import TalksplatError
+from talksplat.features.audio import shift_audio
 from talksplat.io import save_wav
 from talksplat.io.atomic import atomic_path
 from talksplat.io.video import iter_frames
 from talksplat.prepare import layout as L
-from talksplat.prepare.config import SAMPLE_RATE, PrepareConfig
+from talksplat.prepare.config import PrepareConfig
 from talksplat.prepare.media import check_input, check_truncation, extract_audio, resample_and_store
 from talksplat.prepare.runner import Step, StepRunner, file_sha256, write_json_atomic
 
@@ -202,10 +204,11 @@ def _focal_range(factors: np.ndarray, errors: np.ndarray, width: int) -> list[fl
 
 def _step_cameras(cfg: PrepareConfig, quiet: bool, warn: Callable[[str], None]):
     def run(runner: StepRunner) -> dict:
+        from talksplat.core.landmarks import NUM_MESH_VERTICES
         from talksplat.tracking import pose as P
         from talksplat.tracking import stabiliser as S
         from talksplat.tracking.crop import crop_intrinsics
-        from talksplat.tracking.template import NUM_MESH_VERTICES, load_canonical_template
+        from talksplat.tracking.template import load_canonical_template
 
         media = _load_json(runner, L.MEDIA_JSON)
         width, height = media["width"], media["height"]
@@ -276,8 +279,8 @@ def _step_cameras(cfg: PrepareConfig, quiet: bool, warn: Callable[[str], None]):
 # 5. masks + background plate
 def _step_masks(cfg: PrepareConfig, quiet: bool):
     def run(runner: StepRunner) -> dict:
+        from talksplat.core.labels import LABELS
         from talksplat.tracking.masks import (
-            LABELS,
             PersonSegmenter,
             background_plate,
             closed_mouth_corrected_lips,
@@ -332,7 +335,7 @@ def _step_expressions(quiet: bool):
 def _features_api():
     """(compute_default_features, estimate_offset) or None where issue 7's API is missing."""
     try:
-        from talksplat.features.audio import compute_default_features
+        from talksplat.features.registry import compute_default_features
     except (ImportError, AttributeError):
         compute_default_features = None
     try:
@@ -342,20 +345,10 @@ def _features_api():
     return compute_default_features, estimate_offset
 
 
-def _shift_audio(samples: np.ndarray, offset_frames: int, fps: int) -> np.ndarray:
-    """Correct an offset (positive = audio lags video): move the sound earlier by that many frames."""
-    shift = offset_frames * SAMPLE_RATE // fps
-    if shift > 0:
-        return np.concatenate([samples[shift:], np.zeros(shift, np.float32)])
-    if shift < 0:
-        return np.concatenate([np.zeros(-shift, np.float32), samples[:shift]])
-    return samples
-
-
 def _step_audio(cfg: PrepareConfig, quiet: bool, outputs: list[str]):
     def run(runner: StepRunner) -> dict:
+        from talksplat.core.landmarks import LIP_POINTS
         from talksplat.io import load_audio
-        from talksplat.tracking.template import INNER_LIPS, OUTER_LIPS
 
         compute, estimate = _features_api()
         samples = load_audio(runner.path(L.MEDIA_AUDIO))
@@ -366,14 +359,15 @@ def _step_audio(cfg: PrepareConfig, quiet: bool, outputs: list[str]):
             if estimate is None:
                 info["offset"] = AUDIO_PENDING
             else:
-                mouth = np.load(runner.path(L.LANDMARKS))[:, list(INNER_LIPS) + list(OUTER_LIPS), :2]
+                mouth = np.load(runner.path(L.LANDMARKS))[:, list(LIP_POINTS), :2]
                 est = estimate(mouth.astype(np.float32), samples, fps=float(cfg.fps), sample_rate=SAMPLE_RATE)
                 info["offset"] = {"offset_frames": int(est.offset_frames), "confidence": float(est.confidence),
                                   "reliable": bool(est.reliable)}
                 natural_lead = 0 <= est.offset_frames <= cfg.natural_lead_frames
                 if cfg.offset_correction and est.reliable and not natural_lead:
                     applied = int(est.offset_frames)
-                    samples = _shift_audio(samples, applied, cfg.fps)
+                    # the same shift (and rounding) as features.sync_offset's estimate assumes
+                    samples = shift_audio(samples, applied, SAMPLE_RATE, cfg.fps)
             info["applied_shift_frames"] = applied
             save_wav(runner.path(L.AUDIO_WAV), samples, SAMPLE_RATE)
             outputs[:] = [L.AUDIO_WAV, L.AUDIO_JSON]
@@ -485,7 +479,7 @@ def _write_subject_json(runner: StepRunner, cfg: PrepareConfig, video: Path) -> 
 
 
 def _labels() -> dict[str, str]:
-    from talksplat.tracking.masks import LABELS
+    from talksplat.core.labels import LABELS
 
     return {str(k): v for k, v in LABELS.items()}
 

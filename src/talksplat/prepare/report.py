@@ -103,7 +103,7 @@ def contact_sheet(root: str | Path) -> np.ndarray:
     plate = _fit(bg)
     _text(plate, "background plate")
     legend = np.full((SHEET_CELL, SHEET_CELL, 3), 40, np.uint8)
-    from talksplat.tracking.masks import LABELS
+    from talksplat.core.labels import LABELS
 
     for k, name in LABELS.items():
         y = 20 + 24 * k

@@ -139,7 +139,7 @@ def generate(cfg: SynthConfig, out_dir: str | Path,
     trans = np.zeros((n, 3))
     gap_mm = np.zeros(n)
     gap_px = np.zeros(n)
-    lms = np.zeros((n, T.NUM_FACE, 2), np.float32)
+    lms = np.zeros((n, T.NUM_MESH_VERTICES, 2), np.float32)
     labels = np.zeros((n, size, size), np.uint8) if cfg.masks else None
     coverage = np.zeros((n, size, size), np.uint8) if cfg.masks else None
 
@@ -219,7 +219,7 @@ def generate(cfg: SynthConfig, out_dir: str | Path,
                  "neck_pivot_mm": list(rig.NECK_PIVOT_MM), "mouth_closed_gap_mm": 0.0,
                  "mouth_max_gap_mm": rig.MAX_GAP_MM,
                  "photo_gap_mm": round(rig.gap_rest_mm, 4)},
-        "labels": T.LABELS,
+        "labels": T.LABEL_VALUES,
         "frames": {k: _round(np.asarray(v, dtype=np.float64), digits.get(k, 5)) for k, v in per_frame.items()},
     }
     gt["frames"]["phone"] = phone_labels
@@ -228,7 +228,7 @@ def generate(cfg: SynthConfig, out_dir: str | Path,
 
     arrays: dict[str, np.ndarray] = {k: np.asarray(v, np.float32) for k, v in per_frame.items()}
     arrays["landmarks_2d"] = lms
-    arrays["template_head_mm"] = rig.v_rest[: T.NUM_FACE].astype(np.float32)
+    arrays["template_head_mm"] = rig.v_rest[: T.NUM_MESH_VERTICES].astype(np.float32)
     arrays["rest_rotation"] = rig.r_rest.astype(np.float32)
     arrays["rest_translation_mm"] = rig.t_rest.astype(np.float32)
     if labels is not None and coverage is not None:
@@ -236,8 +236,8 @@ def generate(cfg: SynthConfig, out_dir: str | Path,
         arrays["labels"] = labels
         arrays["coverage"] = coverage
         arrays["mask_face"] = np.packbits(face, axis=-1)
-        arrays["mask_inside_mouth"] = np.packbits(labels == T.LABELS["inside_mouth"], axis=-1)
-        arrays["mask_background"] = np.packbits(labels == T.LABELS["background"], axis=-1)
+        arrays["mask_inside_mouth"] = np.packbits(labels == T.LABEL_VALUES["inside_mouth"], axis=-1)
+        arrays["mask_background"] = np.packbits(labels == T.LABEL_VALUES["background"], axis=-1)
     gt_npz = out / GT_NPZ
     with atomic_path(gt_npz) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)

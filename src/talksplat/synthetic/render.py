@@ -17,8 +17,8 @@ import numpy as np
 from talksplat.synthetic import template as T
 from talksplat.synthetic.rig import HeadRig
 
-CAVITY_LABEL = T.LABELS["inside_mouth"]
-NUM_LABELS = len(T.LABELS)
+CAVITY_LABEL = T.LABEL_VALUES["inside_mouth"]
+NUM_LABELS = len(T.LABEL_VALUES)
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Frame:
     """One rendered frame and what is exactly known about it."""
 
     image: np.ndarray          # (H, W, 3) uint8 RGB
-    labels: np.ndarray         # (H, W) uint8 T.LABELS (majority over the supersamples)
+    labels: np.ndarray         # (H, W) uint8 T.LABEL_VALUES (majority over the supersamples)
     coverage: np.ndarray       # (H, W) float32 person opacity (0 = pure backdrop)
     landmarks: np.ndarray      # (468, 2) float32 projected face-mesh vertices, output pixels
     mouth_open_px: float       # distance between inner-lip centres 13 and 14, output pixels
@@ -96,7 +96,7 @@ class Renderer:
         a = torso_i[..., 3:4]
         self.plate = self.backdrop * (1 - a) + torso_i[..., :3] * a
         self.plate_alpha = a[..., 0]
-        self.plate_label = np.where(self.plate_alpha >= 0.5, T.LABELS["torso"], T.LABELS["background"]).astype(np.uint8)
+        self.plate_label = np.where(self.plate_alpha >= 0.5, T.LABEL_VALUES["torso"], T.LABEL_VALUES["background"]).astype(np.uint8)
         tri = self.mesh.triangles
         self.order_back = np.where(self.mesh.layer == T.LAYER_BACK)[0]
         self.order_teeth = np.where(self.mesh.layer == T.LAYER_TEETH)[0]
@@ -151,7 +151,7 @@ class Renderer:
         image = cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_AREA)
         coverage = cv2.resize(cov_i, (out_w, out_h), interpolation=cv2.INTER_AREA)
         labels = self._majority(labels_i)
-        lm2d = self.cam.project(x_cam[: T.NUM_FACE]).astype(np.float32)
+        lm2d = self.cam.project(x_cam[: T.NUM_MESH_VERTICES]).astype(np.float32)
         gap_px = float(np.linalg.norm(lm2d[T.LOWER_LIP_CENTER] - lm2d[T.UPPER_LIP_CENTER]))
         return Frame(image=image, labels=labels, coverage=coverage, landmarks=lm2d, mouth_open_px=gap_px)
 

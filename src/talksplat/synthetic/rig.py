@@ -117,7 +117,7 @@ class HeadRig:
         k = camera.width / crop
         self.photo_to_image = (k, centre)   # u_img = k * (u_photo - centre) + (cx, cy)
         f_photo = camera.fx / k
-        ipd_px = float(np.linalg.norm(lm[T.RIGHT_IRIS, :2] - lm[T.LEFT_IRIS, :2]))
+        ipd_px = float(np.linalg.norm(lm[T.RIGHT_IRIS_CENTER, :2] - lm[T.LEFT_IRIS_CENTER, :2]))
         z_face = f_photo * self.IPD_MM / ipd_px
         mm_per_px = z_face / f_photo
         uv = mesh.uv.astype(np.float64)
@@ -144,7 +144,7 @@ class HeadRig:
     def _build_bases(self) -> None:
         v, mesh = self.v_rest, self.mesh
         n = len(v)
-        face = np.arange(T.NUM_FACE)
+        face = np.arange(T.NUM_MESH_VERTICES)
         up, lo = np.array(T.UPPER_INNER_LIP), np.array(T.LOWER_INNER_LIP)
         corners = np.array([78, 308])
         gap = v[lo, 1] - v[up, 1]                        # (9,) photo inner-lip gaps, mm

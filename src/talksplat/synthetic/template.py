@@ -23,6 +23,29 @@ import cv2
 import numpy as np
 from scipy.spatial import Delaunay
 
+from talksplat.core.labels import FACE_LABELS, LABEL_VALUES  # noqa: F401  (FACE_LABELS: used as T.FACE_LABELS)
+from talksplat.core.landmarks import FACE_OVAL as _FACE_OVAL_CLOCKWISE
+from talksplat.core.landmarks import (  # noqa: F401  (the sets used by rig/render as T.<name>)
+    INNER_LIPS,
+    JAW,
+    LEFT_BROW,
+    LEFT_EYE,
+    LEFT_IRIS_CENTER,
+    LEFT_LOWER_LID,
+    LEFT_UPPER_LID,
+    LOWER_INNER_LIP,
+    LOWER_LIP_CENTER,
+    NUM_MESH_VERTICES,
+    OUTER_LIPS,
+    RIGHT_BROW,
+    RIGHT_EYE,
+    RIGHT_IRIS_CENTER,
+    RIGHT_LOWER_LID,
+    RIGHT_UPPER_LID,
+    UPPER_INNER_LIP,
+    UPPER_LIP_CENTER,
+)
+
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "face"
 PHOTO_FILE = ASSET_DIR / "astronaut_head.png"
 MESH_FILE = ASSET_DIR / "astronaut_facemesh.npz"
@@ -30,37 +53,12 @@ MESH_FILE = ASSET_DIR / "astronaut_facemesh.npz"
 # Crop of the 512x512 astronaut photo stored in the asset: x0, y0, x1, y1 (photo pixels).
 ASSET_CROP = (60, 0, 390, 300)
 
-NUM_FACE = 468  # landmarks used as mesh vertices (the 10 iris points are not)
-
-# Landmark index sets (MediaPipe 478-point numbering; "left"/"right" are the subject's).
-FACE_OVAL = (10, 109, 67, 103, 54, 21, 162, 127, 234, 93, 132, 58, 172, 136, 150, 149, 176, 148, 152,
-             377, 400, 378, 379, 365, 397, 288, 361, 323, 454, 356, 389, 251, 284, 332, 297, 338)
-JAW = (132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361)
-INNER_LIPS = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
-OUTER_LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
-UPPER_INNER_LIP = (191, 80, 81, 82, 13, 312, 311, 310, 415)   # pairs with LOWER_INNER_LIP
-LOWER_INNER_LIP = (95, 88, 178, 87, 14, 317, 402, 318, 324)
-UPPER_OUTER_LIP = (185, 40, 39, 37, 0, 267, 269, 270, 409)
-LOWER_OUTER_LIP = (146, 91, 181, 84, 17, 314, 405, 321, 375)
-MOUTH_CORNERS = (78, 308, 61, 291)
-RIGHT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
-LEFT_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
-RIGHT_UPPER_LID = (246, 161, 160, 159, 158, 157, 173)         # pairs with RIGHT_LOWER_LID
-RIGHT_LOWER_LID = (7, 163, 144, 145, 153, 154, 155)
-LEFT_UPPER_LID = (466, 388, 387, 386, 385, 384, 398)
-LEFT_LOWER_LID = (249, 390, 373, 374, 380, 381, 382)
-RIGHT_BROW = (70, 63, 105, 66, 107, 46, 53, 52, 65, 55)
-LEFT_BROW = (300, 293, 334, 296, 336, 276, 283, 282, 295, 285)
-UPPER_LIP_CENTER, LOWER_LIP_CENTER = 13, 14
-RIGHT_IRIS, LEFT_IRIS = 468, 473
+# Landmark index sets and label numbers are talksplat.core's (the same as prepare's).
+# The face oval goes the other way round here: the mesh was built (Delaunay, back layer) in this order.
+FACE_OVAL = _FACE_OVAL_CLOCKWISE[:1] + _FACE_OVAL_CLOCKWISE[:0:-1]
 
 # Layers, drawn in this order (painter's algorithm); faces within LAYER_FACE are depth-sorted.
 LAYER_BACK, LAYER_TEETH, LAYER_FACE = 0, 1, 2
-
-# Pixel labels of the ground-truth label map.
-LABELS = {"background": 0, "torso": 1, "neck": 2, "hair": 3, "skin": 4, "eye_right": 5,
-          "eye_left": 6, "lips": 7, "inside_mouth": 8}
-FACE_LABELS = (4, 5, 6, 7)          # the face-mesh surface (inside the face oval, mouth excluded)
 
 
 @dataclass(frozen=True)
@@ -83,7 +81,7 @@ class HeadMesh:
     deformable: np.ndarray    # (N,) bool: takes part in mouth/eye/brow deformations
     triangles: np.ndarray     # (M, 3) int32
     layer: np.ndarray         # (M,) int8 LAYER_*
-    label: np.ndarray         # (M,) int8 LABELS value of the pixels it covers
+    label: np.ndarray         # (M,) int8 label (talksplat.core.labels) of the pixels it covers
     teeth_index: np.ndarray   # (20,) int32 vertex rows of the teeth copies of INNER_LIPS
     head_region: np.ndarray   # (H, W) bool photo pixels owned by the mesh (not the torso plate)
     static_curve: np.ndarray  # (K, 2) float32 polyline where the neck joins the torso (attach 0)
@@ -228,7 +226,7 @@ def build_head_mesh() -> HeadMesh:
     lm = asset.landmarks
     h, w = asset.rgba.shape[:2]
     matte = asset.rgba[..., 3].astype(np.float32) / 255.0
-    xy = lm[:NUM_FACE, :2].astype(np.float64)
+    xy = lm[:NUM_MESH_VERTICES, :2].astype(np.float64)
     face_w = float(np.linalg.norm(xy[454] - xy[234]))
 
     # The torso owns everything below a curve a little under the jaw; the mesh owns the rest of
@@ -276,10 +274,10 @@ def build_head_mesh() -> HeadMesh:
     z_jaw = float(np.mean(lm[list(JAW), 2]))
     extra_z = np.where(extra_attach > 0.999, z_back, z_jaw + (z_back - z_jaw) * extra_attach)
 
-    n_face, n_extra = NUM_FACE, len(extra)
+    n_face, n_extra = NUM_MESH_VERTICES, len(extra)
     teeth_index = np.arange(n_face + n_extra, n_face + n_extra + len(INNER_LIPS), dtype=np.int32)
     uv = np.vstack([xy, extra, xy[list(INNER_LIPS)]]).astype(np.float32)
-    z_px = np.concatenate([lm[:NUM_FACE, 2], extra_z, lm[list(INNER_LIPS), 2]]).astype(np.float32)
+    z_px = np.concatenate([lm[:NUM_MESH_VERTICES, 2], extra_z, lm[list(INNER_LIPS), 2]]).astype(np.float32)
     attach = np.concatenate([np.ones(n_face), extra_attach, np.ones(len(INNER_LIPS))]).astype(np.float32)
     deformable = np.zeros(len(uv), bool)
     deformable[:n_face] = True
@@ -292,7 +290,8 @@ def build_head_mesh() -> HeadMesh:
     cent = uv[back_tris].mean(axis=1)
     in_oval = _inside(oval, cent)
     back_attach = attach[back_tris].min(axis=1)
-    back_label = np.where(in_oval, LABELS["skin"], np.where(back_attach > 0.999, LABELS["hair"], LABELS["neck"]))
+    back_label = np.where(in_oval, LABEL_VALUES["skin"],
+                          np.where(back_attach > 0.999, LABEL_VALUES["hair"], LABEL_VALUES["neck"]))
 
     # Face layer: MediaPipe's tessellation + eye openings (its holes), labelled by region.
     eye_r = _delaunay_inside(xy[list(RIGHT_EYE)], xy[list(RIGHT_EYE)])
@@ -301,7 +300,7 @@ def build_head_mesh() -> HeadMesh:
     eye_l_tris = np.array(LEFT_EYE)[eye_l]
     face_tris = asset.face_triangles
     fc = xy[face_tris].mean(axis=1)
-    face_label = np.where(_inside(xy[list(OUTER_LIPS)], fc), LABELS["lips"], LABELS["skin"])
+    face_label = np.where(_inside(xy[list(OUTER_LIPS)], fc), LABEL_VALUES["lips"], LABEL_VALUES["skin"])
     # Teeth: the photo's mouth opening, on its own vertex copies (rigid with the skull).
     inner = xy[list(INNER_LIPS)]
     teeth_local = _delaunay_inside(inner, inner)
@@ -310,9 +309,9 @@ def build_head_mesh() -> HeadMesh:
     triangles = np.vstack([back_tris, teeth_tris, face_tris, eye_r_tris, eye_l_tris]).astype(np.int32)
     layer = np.concatenate([np.full(len(back_tris), LAYER_BACK), np.full(len(teeth_tris), LAYER_TEETH),
                             np.full(len(face_tris) + len(eye_r_tris) + len(eye_l_tris), LAYER_FACE)])
-    label = np.concatenate([back_label, np.full(len(teeth_tris), LABELS["inside_mouth"]), face_label,
-                            np.full(len(eye_r_tris), LABELS["eye_right"]),
-                            np.full(len(eye_l_tris), LABELS["eye_left"])])
+    label = np.concatenate([back_label, np.full(len(teeth_tris), LABEL_VALUES["inside_mouth"]), face_label,
+                            np.full(len(eye_r_tris), LABEL_VALUES["eye_right"]),
+                            np.full(len(eye_l_tris), LABEL_VALUES["eye_left"])])
     # Orient every triangle counter-clockwise in the photo (lets the renderer cull folded ones).
     p = uv[triangles].astype(np.float64)
     cross = (p[:, 1, 0] - p[:, 0, 0]) * (p[:, 2, 1] - p[:, 0, 1]) - (p[:, 1, 1] - p[:, 0, 1]) * (p[:, 2, 0] - p[:, 0, 0])

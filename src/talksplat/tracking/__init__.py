@@ -1,6 +1,6 @@
 """Face tracking: landmark detection on images and video frames."""
 
-from talksplat.tracking.facemesh import (
+from talksplat.core.landmarks import (
     INNER_LIPS,
     LEFT_EYE,
     LEFT_IRIS_CENTER,
@@ -8,10 +8,8 @@ from talksplat.tracking.facemesh import (
     OUTER_LIPS,
     RIGHT_EYE,
     RIGHT_IRIS_CENTER,
-    FaceMeshTracker,
-    detection_rate,
-    track_frames,
 )
+from talksplat.tracking.facemesh import FaceMeshTracker, detection_rate, track_frames
 
 __all__ = [
     "INNER_LIPS",

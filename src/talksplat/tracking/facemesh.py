@@ -15,15 +15,15 @@ from typing import Self
 
 import numpy as np
 
-NUM_LANDMARKS = 478
-
-# Index sets of the 478-point mesh (MediaPipe numbering; "left" = the subject's left).
-INNER_LIPS = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
-OUTER_LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
-RIGHT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
-LEFT_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
-RIGHT_IRIS_CENTER, LEFT_IRIS_CENTER = 468, 473
-UPPER_INNER_LIP, LOWER_INNER_LIP, RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 13, 14, 33, 263
+from talksplat.core.landmarks import (
+    INNER_LIPS,  # noqa: F401  (re-exported: eval.signals imports it from here)
+    LEFT_EYE_OUTER,
+    LOWER_LIP_CENTER,
+    NUM_LANDMARKS,
+    OUTER_LIPS,  # noqa: F401  (re-exported: eval.signals imports it from here)
+    RIGHT_EYE_OUTER,
+    UPPER_LIP_CENTER,
+)
 
 
 def _quiet_mediapipe_logs() -> None:
@@ -116,7 +116,7 @@ def mouth_opening(landmarks: list[np.ndarray | None] | np.ndarray) -> np.ndarray
                               for lm in landmarks]) if len(landmarks) else np.zeros((0, NUM_LANDMARKS, 2))
     lm = np.asarray(landmarks, np.float64)[..., :2]
     eyes = np.linalg.norm(lm[:, RIGHT_EYE_OUTER] - lm[:, LEFT_EYE_OUTER], axis=-1)
-    gap = np.linalg.norm(lm[:, UPPER_INNER_LIP] - lm[:, LOWER_INNER_LIP], axis=-1)
+    gap = np.linalg.norm(lm[:, UPPER_LIP_CENTER] - lm[:, LOWER_LIP_CENTER], axis=-1)
     return gap / np.where(eyes > 0, eyes, np.nan)
 
 

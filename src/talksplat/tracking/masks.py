@@ -5,7 +5,7 @@ geometry: the face, eyes, lips and the inside of the mouth are landmark polygons
 landmarks are right); the person/background split is MediaPipe's selfie segmentation; hair, neck
 and torso split the rest of the person by where it lies relative to the jaw line.
 
-Labels (the same numbers as the synthetic ground truth): see ``LABELS``.
+Labels (the same numbers as the synthetic ground truth): ``talksplat.core.labels``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from typing import Self
 import cv2
 import numpy as np
 
-from talksplat.tracking.template import (
+from talksplat.core.labels import BACKGROUND, EYE_LEFT, EYE_RIGHT, HAIR, INSIDE_MOUTH, LIPS, NECK, SKIN, TORSO
+from talksplat.core.landmarks import (
     CHIN,
     FACE_OVAL,
+    INNER_LIP_PAIRS,
     INNER_LIPS,
     LEFT_CHEEK,
     LEFT_EYE,
@@ -25,11 +27,6 @@ from talksplat.tracking.template import (
     RIGHT_CHEEK,
     RIGHT_EYE,
 )
-
-BACKGROUND, TORSO, NECK, HAIR, SKIN, EYE_RIGHT, EYE_LEFT, LIPS, INSIDE_MOUTH = range(9)
-LABELS = {BACKGROUND: "background", TORSO: "torso", NECK: "neck", HAIR: "hair", SKIN: "skin",
-          EYE_RIGHT: "eye_right", EYE_LEFT: "eye_left", LIPS: "lips", INSIDE_MOUTH: "inside_mouth"}
-FACE_LABELS = (SKIN, EYE_RIGHT, EYE_LEFT, LIPS)   # "face" = these (as the synthetic mask_face)
 
 PERSON_THRESHOLD = 0.5
 # The neck: below the jaw, within this many face widths of the chin horizontally, and down to
@@ -103,9 +100,6 @@ def _above_jaw(landmarks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return mask.astype(bool)
 
 
-# Inner-lip landmark pairs facing each other (lower, upper), from one mouth corner to the other.
-INNER_LIP_PAIRS = ((95, 191), (88, 80), (178, 81), (87, 82), (14, 13), (317, 312), (402, 311), (318, 310),
-                   (324, 415))
 REST_GAP_PERCENTILE = 5          # the clip's most-closed frames define each pair's rest gap
 
 
@@ -177,7 +171,7 @@ def label_map(landmarks: np.ndarray, person_prob: np.ndarray, image: np.ndarray 
         pixels (a collar or scarf under the chin is torso); inner_lips: (20, 2) optional corrected
         inner-lip contour (see :func:`closed_mouth_corrected_lips`), else the raw landmarks.
     Returns:
-        (H, W) uint8 labels (see ``LABELS``).
+        (H, W) uint8 labels (see ``talksplat.core.labels``).
     """
     shape = person_prob.shape
     lm = landmarks[:, :2].astype(np.float64)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from talksplat.core.landmarks import FACE_OVAL
 from talksplat.tracking.pose import (
     Observations,
     group_sum_matrix,
@@ -30,7 +31,7 @@ from talksplat.tracking.pose import (
     reprojection_errors,
     residuals_and_jacobians,
 )
-from talksplat.tracking.template import FACE_OVAL, FaceTemplate
+from talksplat.tracking.template import FaceTemplate
 
 # Keypoint selection and tracking (sizes are for a 512 px crop; scaled with the crop size).
 REFERENCE_SIZE = 512

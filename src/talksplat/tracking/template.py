@@ -19,27 +19,28 @@ from pathlib import Path
 
 import numpy as np
 
+from talksplat.core.landmarks import (
+    INNER_LIPS,
+    LEFT_BROW_LOWER,
+    LEFT_BROW_UPPER,
+    LEFT_CHEEK,
+    LEFT_EYE,
+    LEFT_EYE_OUTER,
+    MOUTH_CORNERS,
+    NUM_MESH_VERTICES,
+    OUTER_LIPS,
+    RIGHT_BROW_LOWER,
+    RIGHT_BROW_UPPER,
+    RIGHT_CHEEK,
+    RIGHT_EYE,
+    RIGHT_EYE_OUTER,
+)
+
 GEOMETRY_DIR = Path(__file__).resolve().parent.parent / "assets" / "geometry"
 CANONICAL_OBJ = GEOMETRY_DIR / "canonical_face_model_vertices.obj"
 FACE_ASSET = Path(__file__).resolve().parent.parent / "assets" / "face" / "astronaut_facemesh.npz"
 
 CM_TO_MM = 10.0
-NUM_MESH_VERTICES = 468
-
-# Ordered contours of the 478-point mesh (MediaPipe numbering, "left" = the subject's left).
-FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
-             152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
-INNER_LIPS = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
-OUTER_LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
-RIGHT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
-LEFT_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
-RIGHT_BROW_UPPER, RIGHT_BROW_LOWER = (70, 63, 105, 66, 107), (46, 53, 52, 65, 55)
-LEFT_BROW_UPPER, LEFT_BROW_LOWER = (300, 293, 334, 296, 336), (276, 283, 282, 295, 285)
-RIGHT_IRIS = (468, 469, 470, 471, 472)
-LEFT_IRIS = (473, 474, 475, 476, 477)
-NOSE_TIP, CHIN, FOREHEAD = 1, 152, 10
-RIGHT_CHEEK, LEFT_CHEEK = 234, 454          # in front of the ears: they define the head origin
-MOUTH_CORNERS = (61, 291)
 
 # Semantic weights of landmarks/keypoints in the rigid pose fit: points that move with
 # expressions (eyelids, brows, lips, the jaw) would drag the head pose along with them.
@@ -66,7 +67,7 @@ class FaceTemplate:
     @property
     def eye_corner_distance_mm(self) -> float:
         """Distance between the outer eye corners 33 and 263 (a scale reference)."""
-        return float(np.linalg.norm(self.vertices[33] - self.vertices[263]))
+        return float(np.linalg.norm(self.vertices[RIGHT_EYE_OUTER] - self.vertices[LEFT_EYE_OUTER]))
 
 
 def _parse_obj_vertices(path: Path) -> np.ndarray:

@@ -1,0 +1,10 @@
+"""Timing shared by every module that pairs audio with video frames.
+
+The dataset frame rate and the audio sample rate are fixed across talksplat: audio features,
+offset estimation, prepared subjects, rendering and evaluation all assume that video frame ``t``
+covers audio samples ``[SAMPLES_PER_FRAME * t, SAMPLES_PER_FRAME * (t + 1))``.
+"""
+
+FPS = 25                                   # video frames per second of prepared data and renders
+SAMPLE_RATE = 16_000                       # Hz, mono: what every audio feature and model expects
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS     # 640 audio samples per video frame
