@@ -1,0 +1,240 @@
+"""Fit the head model to tracked MediaPipe landmarks: one identity per subject, per frame 53
+expression weights in [0, 1] and a rigid pose, in torch on the CPU, batched over frames.
+
+Cost (residuals in percent of the inter-ocular distance, so the priors do not depend on the image
+size): robust (Huber) landmark reprojection error under the dataset's pinhole camera, plus
+- an identity prior (ridge: the modes are PCA directions of roughly unit variance),
+- an expression ridge (without it blendshapes trade off: mouthFrown/Stretch absorb jawOpen),
+- temporal smoothness of the expressions and of the pose corrections,
+- a pull of each frame's pose to the camera of ``prepare`` (the fit refines the stabilised cameras,
+  it does not replace them): a per-subject constant offset between the camera template's head frame
+  and the model's frame is free, per-frame deviations from it are penalised.
+
+Two stages (warm-started): (1) identity, the constant offset, poses and expressions on a subset of
+frames spread over the clip; (2) every frame with the identity fixed, expressions starting from the
+nearest subset frame's. Projected Adam keeps the expressions in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from talksplat.headmodel.correspondence import IRIS_LANDMARKS, LandmarkBasis
+from talksplat.core.landmarks import FACE_OVAL, LEFT_EYE_OUTER, RIGHT_EYE_OUTER
+
+PERCENT = 100.0
+MIN_DEPTH_MM = 50.0
+# Landmark weights: the face oval is a silhouette (it slides over the surface as the head turns, so
+# it has no fixed model point); iris rings are small and noisy.
+OVAL_WEIGHT = 0.2
+IRIS_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Weights and schedule of the fit (residual unit: % of the inter-ocular distance)."""
+
+    huber: float = 3.0                 # residuals beyond this (% IOD, ~2 px at 512^2) count linearly
+    identity_prior: float = 0.5        # per unit^2 of identity weight
+    expression_ridge: float = 0.3      # per unit^2 of expression weight
+    expression_smooth: float = 1.0     # per unit^2 of frame-to-frame expression change
+    pose_prior_deg: float = 0.5        # per deg^2 of rotation deviation from the camera's
+    pose_prior_mm: float = 0.05        # per mm^2 of translation deviation
+    pose_smooth: float = 2.0           # per deg^2 (and mm^2) of frame-to-frame deviation change
+    subset_frames: int = 48            # frames of stage 1 (identity)
+    subset_iterations: int = 300
+    iterations: int = 200
+    lr_expression: float = 0.03
+    lr_identity: float = 0.05
+    lr_rotation: float = 0.002         # radians per step
+    lr_translation: float = 0.3        # mm per step
+    fit_identity: bool = True
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FaceFit:
+    """Fitted parameters of T frames."""
+
+    identity: np.ndarray           # (K,)
+    expression: np.ndarray         # (T, 53) in [0, 1]
+    rotation: np.ndarray           # (T, 3, 3) model (head frame) -> camera
+    translation: np.ndarray        # (T, 3) mm
+    landmark_error_px: np.ndarray  # (T,) mean distance over the 478 landmarks
+    offset_rotation: np.ndarray    # (3, 3) constant model -> camera-template head frame part
+    offset_translation: np.ndarray  # (3,)
+    deviation_deg: np.ndarray      # (T,) rotation deviation from the camera (after the offset)
+
+
+def so3_exp(w: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices (..., 3, 3) from axis-angle vectors (..., 3) (Rodrigues, safe at 0)."""
+    theta2 = (w * w).sum(-1, keepdim=True)[..., None]
+    theta = torch.sqrt(theta2 + 1e-20)
+    zero = torch.zeros_like(w[..., 0])
+    k = torch.stack([torch.stack([zero, -w[..., 2], w[..., 1]], -1),
+                     torch.stack([w[..., 2], zero, -w[..., 0]], -1),
+                     torch.stack([-w[..., 1], w[..., 0], zero], -1)], -2)
+    small = theta2 < 1e-8
+    a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / (theta2 + 1e-20))
+    eye = torch.eye(3, dtype=w.dtype).expand(k.shape)
+    return eye + a * k + b * (k @ k)
+
+
+def project(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Camera points (T, N, 3) -> pixels (T, N, 2)."""
+    z = points[..., 2:3].clamp(min=MIN_DEPTH_MM)
+    return points[..., :2] / z * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
+
+
+def landmark_weights(basis: LandmarkBasis) -> torch.Tensor:
+    """(N,) weight of each correspondence point in the data term."""
+    idx = basis.mediapipe_index.numpy()
+    w = np.ones(idx.size)
+    w[np.isin(idx, FACE_OVAL)] = OVAL_WEIGHT
+    w[np.isin(idx, IRIS_LANDMARKS["L"] + IRIS_LANDMARKS["R"])] = IRIS_WEIGHT
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def _huber(r2: torch.Tensor, delta: float) -> torch.Tensor:
+    """Huber of residual norms given their squares (quadratic below delta)."""
+    r = torch.sqrt(r2 + 1e-12)
+    return torch.where(r <= delta, r2, 2 * delta * r - delta * delta)
+
+
+class _Problem:
+    """Tensors and the cost of one batch of frames."""
+
+    def __init__(self, basis: LandmarkBasis, uv: np.ndarray, K: np.ndarray, R0: np.ndarray, t0: np.ndarray,
+                 frame_weight: np.ndarray, cfg: FitConfig) -> None:
+        self.basis, self.cfg = basis, cfg
+        rows = basis.mediapipe_index
+        self.uv = torch.tensor(uv, dtype=torch.float32)[:, rows]
+        self.K = torch.tensor(K, dtype=torch.float32)
+        self.R0 = torch.tensor(R0, dtype=torch.float32)
+        self.t0 = torch.tensor(t0, dtype=torch.float32)
+        iod = np.linalg.norm(uv[:, RIGHT_EYE_OUTER, :2] - uv[:, LEFT_EYE_OUTER, :2], axis=1)
+        self.scale = torch.tensor(PERCENT / np.maximum(iod, 1.0), dtype=torch.float32)   # px -> % IOD
+        w = landmark_weights(basis)
+        self.w = w
+        self.frame_weight = torch.tensor(frame_weight, dtype=torch.float32)
+
+    def poses(self, w_const, t_const, w_dev, t_dev) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model -> camera: X_cam = R0 (exp(w_const + w_dev) X + t_const + t_dev) + t0."""
+        rot = self.R0 @ so3_exp(w_const[None] + w_dev)
+        trans = torch.einsum("tij,tj->ti", self.R0, t_const[None] + t_dev) + self.t0
+        return rot, trans
+
+    def pixels(self, identity, expression, rot, trans) -> torch.Tensor:
+        pts = self.basis.points(identity, expression)
+        return project(torch.einsum("tij,tnj->tni", rot, pts) + trans[:, None], self.K)
+
+    def cost(self, identity, expression, w_const, t_const, w_dev, t_dev) -> torch.Tensor:
+        cfg = self.cfg
+        rot, trans = self.poses(w_const, t_const, w_dev, t_dev)
+        r2 = ((self.pixels(identity, expression, rot, trans) - self.uv) ** 2).sum(-1) * self.scale[:, None] ** 2
+        data = (_huber(r2, cfg.huber) * self.w).sum(1)
+        deg = torch.rad2deg(w_dev)
+        per_frame = (data + cfg.expression_ridge * (expression ** 2).sum(1)
+                     + cfg.pose_prior_deg * (deg ** 2).sum(1) + cfg.pose_prior_mm * (t_dev ** 2).sum(1))
+        total = (per_frame * self.frame_weight).sum()
+        if expression.shape[0] > 1:
+            total = total + cfg.expression_smooth * ((expression[1:] - expression[:-1]) ** 2).sum()
+            total = total + cfg.pose_smooth * (((deg[1:] - deg[:-1]) ** 2).sum() + ((t_dev[1:] - t_dev[:-1]) ** 2).sum())
+        return total / self.frame_weight.sum().clamp(min=1e-6) + cfg.identity_prior * (identity ** 2).sum()
+
+
+def _optimise(problem: _Problem, params: dict[str, torch.Tensor], trainable: list[str], lrs: dict[str, float],
+              iterations: int, progress: Callable[[int], None] | None) -> None:
+    for name in trainable:
+        params[name].requires_grad_(True)
+    opt = torch.optim.Adam([{"params": [params[n]], "lr": lrs[n]} for n in trainable])
+    order = ("identity", "expression", "w_const", "t_const", "w_dev", "t_dev")
+    for _ in range(iterations):
+        opt.zero_grad(set_to_none=True)
+        problem.cost(*(params[n] for n in order)).backward()
+        opt.step()
+        with torch.no_grad():
+            params["expression"].clamp_(0.0, 1.0)
+        if progress is not None:
+            progress(1)
+    for name in trainable:
+        params[name].requires_grad_(False)
+
+
+def subset_indices(n: int, count: int, frame_weight: np.ndarray) -> np.ndarray:
+    """Up to ``count`` frames spread evenly over the clip, preferring detected ones."""
+    picks = np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int))
+    good = np.flatnonzero(frame_weight >= frame_weight.max())
+    if good.size:
+        picks = np.unique(good[np.abs(good[None, :] - picks[:, None]).argmin(1)])
+    return picks
+
+
+def fit_sequence(basis: LandmarkBasis, landmarks_px: np.ndarray, K: np.ndarray, R0: np.ndarray, t0: np.ndarray,
+                 frame_weight: np.ndarray | None = None, cfg: FitConfig | None = None,
+                 identity: np.ndarray | None = None, progress: Callable[[int], None] | None = None) -> FaceFit:
+    """Fit T frames of landmarks (T, 478, >=2, pixels) seen by camera K with initial model -> camera poses
+    R0 (T, 3, 3), t0 (T, 3). ``identity`` (K,) given = kept fixed. ``progress`` gets iteration counts
+    (``total_iterations(cfg)`` in all)."""
+    cfg = cfg or FitConfig()
+    uv = np.asarray(landmarks_px, np.float64)[..., :2]
+    n = uv.shape[0]
+    fw = np.ones(n) if frame_weight is None else np.asarray(frame_weight, np.float64)
+    n_id, n_ex = basis.identity.shape[0], basis.expression.shape[0]
+    ident = torch.zeros(n_id) if identity is None else torch.tensor(identity, dtype=torch.float32)
+    const = {"w_const": torch.zeros(3), "t_const": torch.zeros(3)}
+    lrs = {"identity": cfg.lr_identity, "expression": cfg.lr_expression, "w_const": cfg.lr_rotation,
+           "t_const": cfg.lr_translation, "w_dev": cfg.lr_rotation, "t_dev": cfg.lr_translation}
+    # Stage 1: the identity and the constant offset on a subset.
+    sub = subset_indices(n, cfg.subset_frames, fw)
+    p1 = _Problem(basis, uv[sub], K, R0[sub], t0[sub], fw[sub], cfg)
+    s1 = {"identity": ident.clone(), "expression": torch.zeros(sub.size, n_ex), **const,
+          "w_dev": torch.zeros(sub.size, 3), "t_dev": torch.zeros(sub.size, 3)}
+    p1.cfg = cfg if sub.size > 1 and np.all(np.diff(sub) == 1) else _no_smoothing(cfg)   # spread frames: not neighbours
+    trainable = (["identity"] if cfg.fit_identity and identity is None else []) + list(s1)[1:]
+    _optimise(p1, s1, trainable, lrs, cfg.subset_iterations, progress)
+    # Stage 2: every frame, identity and offset fixed, expressions warm-started from the nearest subset frame.
+    nearest = np.abs(np.arange(n)[:, None] - sub[None, :]).argmin(1)
+    p2 = _Problem(basis, uv, K, R0, t0, fw, cfg)
+    s2 = {"identity": s1["identity"].detach(), "expression": s1["expression"].detach()[nearest].clone(),
+          "w_const": s1["w_const"].detach(), "t_const": s1["t_const"].detach(),
+          "w_dev": s1["w_dev"].detach()[nearest].clone(), "t_dev": s1["t_dev"].detach()[nearest].clone()}
+    _optimise(p2, s2, ["expression", "w_dev", "t_dev"], lrs, cfg.iterations, progress)
+    with torch.no_grad():
+        rot, trans = p2.poses(s2["w_const"], s2["t_const"], s2["w_dev"], s2["t_dev"])
+        err = (p2.pixels(s2["identity"], s2["expression"], rot, trans) - p2.uv).norm(dim=-1).mean(1)
+        dev = torch.rad2deg(s2["w_dev"].norm(dim=1))
+    return FaceFit(identity=s2["identity"].numpy().astype(np.float32),
+                   expression=s2["expression"].numpy().astype(np.float32),
+                   rotation=rot.double().numpy(), translation=trans.double().numpy(),
+                   landmark_error_px=err.numpy().astype(np.float32),
+                   offset_rotation=so3_exp(s2["w_const"]).double().numpy(),
+                   offset_translation=s2["t_const"].double().numpy(), deviation_deg=dev.numpy().astype(np.float32))
+
+
+def _no_smoothing(cfg: FitConfig) -> FitConfig:
+    from dataclasses import replace
+
+    return replace(cfg, expression_smooth=0.0, pose_smooth=0.0)
+
+
+def total_iterations(cfg: FitConfig) -> int:
+    return cfg.subset_iterations + cfg.iterations
+
+
+def poses_from_cameras(w2c: np.ndarray, canonical_scale: float, canonical_rotation: np.ndarray,
+                       canonical_translation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Model -> camera poses (T, 3, 3), (T, 3) from cameras whose world is the canonical template's
+    head frame, given the similarity ``model ~ s Rc canonical + tc`` found when the correspondence
+    was built. Perspective images do not change when the whole scene is scaled, so the similarity's
+    scale goes into the translation and the pose stays rigid: s X_cam = Rw Rc^T (X - tc) + s tw."""
+    rw, tw = w2c[:, :3, :3], w2c[:, :3, 3]
+    rot = rw @ canonical_rotation.T
+    return rot, canonical_scale * tw - rot @ canonical_translation

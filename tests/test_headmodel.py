@@ -1,0 +1,131 @@
+"""The bundled head model (ICT-FaceKit), its MediaPipe correspondence, the landmark fit and the
+prepare step. Needs nothing outside the repository (the model ships in the package)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from talksplat.features.expression import CORE_NAMES
+from talksplat.headmodel import (
+    FitConfig,
+    core_coefficients,
+    default_landmark_basis,
+    fit_sequence,
+    load_correspondence,
+    load_head_model,
+    mesh_vertices,
+)
+from talksplat.headmodel.fit import project, so3_exp
+from talksplat.headmodel.model import ASSET_DIR
+
+MOVES_PX = 2.0          # a blendshape "moves landmarks" when weight 1 shifts one by this much
+RECOVERY_TOLERANCE = 0.05
+
+
+def test_model_shapes_units_and_licence():
+    m = load_head_model()
+    v = m.neutral.shape[0]
+    assert m.identity_basis.shape[1:] == (v, 3) and m.expression_basis.shape == (53, v, 3)
+    assert len(m.expression_names) == 53 and "jawOpen" in m.expression_names
+    assert m.triangles.max() < v and m.triangles.shape[1] == 3
+    face = m.neutral[m.region("face")]
+    width = face[:, 0].max() - face[:, 0].min()
+    assert 150 < width < 300                                   # millimetres, not centimetres
+    # Head frame: the subject's left eyeball at +x, the eyes above (smaller y than) the mouth, the face at -z.
+    left, right = m.neutral[m.region("eyeball_left")].mean(0), m.neutral[m.region("eyeball_right")].mean(0)
+    mouth = m.neutral[m.region("teeth")].mean(0)
+    assert left[0] > 0 > right[0] and left[1] < mouth[1] and left[2] < 0
+    assert "MIT License" in (ASSET_DIR / "LICENSE-ICT-FaceKit").read_text()
+
+
+def test_correspondence_sanity():
+    m, corr = load_head_model(), load_correspondence()
+    assert corr.triangle.shape == (478, 3) and np.allclose(corr.barycentric.sum(1), 1, atol=1e-5)
+    assert corr.barycentric.min() >= -1e-6
+    surface, iris = corr.triangle[:468], corr.triangle[468:]
+    assert surface.max() < m.regions["face"][1]
+    eyeballs = m.regions["eyeball_left"][0], m.regions["eyeball_right"][1]
+    assert iris.min() >= eyeballs[0] and iris.max() < eyeballs[1]
+    assert np.sqrt(np.mean(np.square(corr.info["info_distance_mm"]))) < 1.0   # canonical face fit
+    pts = corr.points(m.vertices())
+    assert pts[33, 0] < 0 < pts[263, 0]                        # right eye corner on the subject's right
+    assert pts[13, 1] < pts[14, 1] < pts[152, 1]               # upper lip above lower lip above chin
+    jaw = corr.points(m.vertices(expression=_one_hot(m, "jawOpen"))) - pts
+    assert np.linalg.norm(jaw[14]) > 5 * np.linalg.norm(jaw[13])   # lower lip rides the jaw
+    blink = corr.points(m.vertices(expression=_one_hot(m, "eyeBlink_R"))) - pts
+    assert np.linalg.norm(blink[159]) > 2 * np.linalg.norm(blink[145])   # upper lid closes
+
+
+def test_gaze_turns_the_irises():
+    m, b = load_head_model(), default_landmark_basis()
+    base = b.points(torch.zeros(m.num_identity), torch.zeros(1, 53))[0]
+    out = b.points(torch.zeros(m.num_identity), torch.tensor(_one_hot(m, "eyeLookOut_L"))[None])[0]
+    assert out[473, 0] - base[473, 0] > 3.0                    # left iris moves to the subject's left (mm)
+    assert torch.allclose(out[468], base[468])                 # the right eye did not move
+    mesh = mesh_vertices(m, torch.zeros(m.num_identity), torch.tensor(_one_hot(m, "eyeLookUp_R"))[None])[0]
+    ball = m.region("eyeball_right")
+    assert mesh[ball, 1].mean() == pytest.approx(float(m.neutral[ball, 1].mean()), abs=0.5)   # turns, not shifts
+    pupil = load_correspondence().triangle[468, 0]
+    assert mesh[pupil, 1] < m.neutral[pupil, 1] - 3.0                                      # looks up (y down)
+
+
+def _one_hot(m, name: str) -> np.ndarray:
+    e = np.zeros(53, np.float32)
+    e[m.expression_index(name)] = 1.0
+    return e
+
+
+def _synthetic_sequence(frames: int = 40, seed: int = 0):
+    """Landmarks rendered from the bundled model with known identity, expressions and poses."""
+    b = default_landmark_basis()
+    names = b.expression_names
+    rng = np.random.default_rng(seed)
+    ident = np.zeros(b.identity.shape[0], np.float32)
+    ident[:10] = rng.normal(0, 0.7, 10)
+    expr = np.zeros((frames, 53), np.float32)
+    t = np.arange(frames)
+    for k, (name, amp) in enumerate((("jawOpen", 0.4), ("eyeBlink_L", 0.8), ("eyeBlink_R", 0.7),
+                                     ("browInnerUp_L", 0.5), ("mouthSmile_L", 0.5), ("browDown_R", 0.5),
+                                     ("mouthPucker", 0.5), ("eyeLookOut_L", 0.3), ("eyeLookIn_R", 0.3))):
+        expr[:, names.index(name)] = amp * (0.5 + 0.5 * np.sin(2 * np.pi * t / frames * (1 + k % 3) + k))
+    rot = so3_exp(torch.tensor(rng.normal(0, 0.08, (frames, 3)), dtype=torch.float32)).double().numpy()
+    trans = np.array([0.0, 0.0, 600.0]) + rng.normal(0, 5, (frames, 3))
+    K = np.array([[1000.0, 0, 255.5], [0, 1000.0, 255.5], [0, 0, 1]])
+    pts = b.points(torch.tensor(ident), torch.tensor(expr))
+    cam = torch.einsum("tij,tnj->tni", torch.tensor(rot, dtype=torch.float32), pts) + torch.tensor(trans, dtype=torch.float32)[:, None]
+    uv = np.zeros((frames, 478, 2))
+    uv[:, b.mediapipe_index.numpy()] = project(cam, torch.tensor(K, dtype=torch.float32)).numpy()
+    return b, ident, expr, rot, trans, K, uv
+
+
+def test_known_answer_recovers_weights():
+    torch.manual_seed(0)
+    b, ident, expr, rot, trans, K, uv = _synthetic_sequence()
+    fit = fit_sequence(b, uv, K, rot, trans, cfg=FitConfig())
+    assert fit.expression.shape == expr.shape and fit.expression.min() >= 0 and fit.expression.max() <= 1
+    # Which blendshapes move some landmark by >= MOVES_PX at weight 1 (the others are unobservable).
+    base = b.points(torch.tensor(ident), torch.zeros(1, 53))[0]
+    f_over_z = K[0, 0] / trans[:, 2].mean()
+    moves = [float((b.points(torch.tensor(ident), torch.eye(53)[j:j + 1])[0] - base).norm(dim=-1).max()) * f_over_z
+             >= MOVES_PX for j in range(53)]
+    err = np.abs(fit.expression - expr).max(axis=0)
+    assert sum(moves) > 40
+    bad = {b.expression_names[j]: round(float(err[j]), 3) for j in range(53) if moves[j] and err[j] > RECOVERY_TOLERANCE}
+    assert not bad, bad
+    assert float(fit.landmark_error_px.mean()) < 0.2
+    assert np.degrees(np.arccos(np.clip((np.trace(fit.rotation @ rot.transpose(0, 2, 1), axis1=1, axis2=2) - 1) / 2,
+                                        -1, 1))).max() < 0.5
+
+
+def test_core_coefficients_average_inner_brows():
+    m = load_head_model()
+    e = np.zeros((2, 53), np.float32)
+    e[0, m.expression_index("browInnerUp_L")] = 0.6
+    e[1, m.expression_index("eyeBlink_L")] = 0.9
+    core = core_coefficients(e, m.expression_names)
+    assert core.shape == (2, 7)
+    assert core[0, CORE_NAMES.index("browInnerUp")] == pytest.approx(0.3)
+    assert core[1, CORE_NAMES.index("eyeBlinkLeft")] == pytest.approx(0.9)
+    assert core[1, CORE_NAMES.index("eyeBlinkRight")] == 0.0
