@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from talksplat.headmodel.correspondence import IRIS_LANDMARKS, LandmarkBasis
 from talksplat.core.landmarks import FACE_OVAL, LEFT_EYE_OUTER, RIGHT_EYE_OUTER
+from talksplat.headmodel.correspondence import IRIS_LANDMARKS, LandmarkBasis
 
 PERCENT = 100.0
 MIN_DEPTH_MM = 50.0
