@@ -21,18 +21,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from talksplat.core.landmarks import (
+    LEFT_EYE_CORNERS,
+    LEFT_EYE_OUTER,
+    LOWER_LIP_CENTER,
+    RIGHT_EYE_CORNERS,
+    RIGHT_EYE_OUTER,
+    UPPER_LIP_CENTER,
+)
+
 CORE_NAMES = ("eyeBlinkLeft", "eyeBlinkRight", "browDownLeft", "browDownRight", "browInnerUp",
               "browOuterUpLeft", "browOuterUpRight")
 
 # Eye openings: pairs of (upper lid, lower lid) landmarks and the corners, per eye.
 RIGHT_EYE_LIDS = ((159, 145), (158, 153), (160, 144))
 LEFT_EYE_LIDS = ((386, 374), (385, 380), (387, 373))
-RIGHT_EYE_CORNERS, LEFT_EYE_CORNERS = (33, 133), (263, 362)
 # Brow parts (upper + lower contour points), measured against eye corners that do not blink.
 RIGHT_BROW_INNER, LEFT_BROW_INNER = (107, 55), (336, 285)
 RIGHT_BROW_MID, LEFT_BROW_MID = (105, 52, 66, 65), (334, 282, 296, 295)
 RIGHT_BROW_OUTER, LEFT_BROW_OUTER = (70, 46), (300, 276)
-UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14
 
 ALIGN_ITERS = 3                  # mean-shape / alignment alternations
 OPEN_EYE_PERCENTILE = 50         # eyes are open most of the time: the median opening is "open"
@@ -106,7 +113,7 @@ def raw_measurements(front: np.ndarray) -> np.ndarray:
     Brow heights are in inter-ocular distances above the eye corners (which do not move when
     blinking); "down" is the negative mean of inner and middle brow heights.
     """
-    iod = np.maximum(_dist(front, 33, 263), 1e-9)
+    iod = np.maximum(_dist(front, RIGHT_EYE_OUTER, LEFT_EYE_OUTER), 1e-9)
 
     def height(brow: tuple[int, ...], corner: int) -> np.ndarray:
         return (front[:, corner, 1] - _mean_y(front, brow)) / iod
@@ -152,8 +159,8 @@ def compute_expressions(landmarks3d: np.ndarray, rigid_weights: np.ndarray,
             core[:, j], norms[name] = _normalise_blink(raw[:, j])
         else:
             core[:, j], norms[name] = _normalise_activation(raw[:, j])
-    mm_per_unit = eye_corner_distance_mm / float(np.mean(_dist(front, 33, 263)))
-    lip = _dist(front, UPPER_INNER_LIP, LOWER_INNER_LIP) * mm_per_unit
+    mm_per_unit = eye_corner_distance_mm / float(np.mean(_dist(front, RIGHT_EYE_OUTER, LEFT_EYE_OUTER)))
+    lip = _dist(front, UPPER_LIP_CENTER, LOWER_LIP_CENTER) * mm_per_unit
     closed = float(np.percentile(lip, CLOSED_LIP_PERCENTILE))
     lips_part = np.clip((lip - closed) / LIPS_PART_FULL_MM, 0, 1)
     norms["lip_open_mm"] = [closed, closed + LIPS_PART_FULL_MM]

@@ -13,6 +13,7 @@ import os
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from talksplat.core.constants import FPS
 from talksplat.errors import TalksplatError
 
 # The 39 CMU phones of the en-us model plus silence: the 40 columns of the posteriors, in order.
@@ -86,6 +87,6 @@ def phone_posteriors(samples: np.ndarray, n_frames: int) -> np.ndarray:
     Returns:
         (n_frames, 40) float32, rows summing to 1, columns in :data:`PHONES` order.
     """
-    steps_per_frame = DECODER_RATE // 25
+    steps_per_frame = DECODER_RATE // FPS
     steps = phone_step_posteriors(samples, 0, n_frames * steps_per_frame)
     return steps.reshape(n_frames, steps_per_frame, NUM_PHONES).mean(axis=1)

@@ -9,10 +9,11 @@ from pathlib import Path
 import av
 import numpy as np
 
+from talksplat.core.constants import SAMPLE_RATE
 from talksplat.errors import TalksplatError
 from talksplat.io.atomic import atomic_path
 
-DEFAULT_SAMPLE_RATE = 16_000
+DEFAULT_SAMPLE_RATE = SAMPLE_RATE   # what every audio feature expects
 
 
 def load_audio(path: str | os.PathLike[str], sample_rate: int = DEFAULT_SAMPLE_RATE,

@@ -14,6 +14,7 @@ from typing import Self
 import av
 import numpy as np
 
+from talksplat.core.constants import FPS, SAMPLE_RATE
 from talksplat.errors import TalksplatError
 from talksplat.io.atomic import atomic_path
 
@@ -116,8 +117,8 @@ class VideoWriter:
                 w.write(frame)
     """
 
-    def __init__(self, path: str | os.PathLike[str], width: int, height: int, fps: int = 25,
-                 audio: np.ndarray | None = None, sample_rate: int = 16_000, crf: int = 18,
+    def __init__(self, path: str | os.PathLike[str], width: int, height: int, fps: int = FPS,
+                 audio: np.ndarray | None = None, sample_rate: int = SAMPLE_RATE, crf: int = 18,
                  preset: str = "medium", audio_bitrate: int = 64_000, threads: int = 0,
                  metadata: dict[str, str] | None = None) -> None:
         if width % 2 or height % 2:
@@ -231,8 +232,8 @@ def _exc_info() -> tuple[type[BaseException], BaseException, None]:
     return RuntimeError, RuntimeError("aborted"), None
 
 
-def write_video(path: str | os.PathLike[str], frames: Iterable[np.ndarray], fps: int = 25,
-                audio: np.ndarray | None = None, sample_rate: int = 16_000, crf: int = 18,
+def write_video(path: str | os.PathLike[str], frames: Iterable[np.ndarray], fps: int = FPS,
+                audio: np.ndarray | None = None, sample_rate: int = SAMPLE_RATE, crf: int = 18,
                 preset: str = "medium") -> Path:
     """Write ``frames`` (each (H, W, 3) uint8 RGB, or a (T, H, W, 3) array) as an MP4.
 

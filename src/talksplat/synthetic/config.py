@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from talksplat.core.constants import FPS, SAMPLE_RATE
 from talksplat.errors import TalksplatError
 
 
@@ -16,8 +17,8 @@ class SynthConfig:
     size: int = 256                # square frame size in pixels (even)
     seed: int = 0
     audio: str | None = None       # driving speech; None = the bundled LibriSpeech clips
-    fps: int = 25
-    sample_rate: int = 16_000      # of the written audio
+    fps: int = FPS
+    sample_rate: int = SAMPLE_RATE  # of the written audio
     focal_factor: float = 2.0      # fx = fy = focal_factor * size
     framing: float = 2.9           # frame width in face widths (ear to ear) at rest
     supersample: int = 2           # render at this multiple of size, then area-downsample

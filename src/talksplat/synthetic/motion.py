@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from talksplat.core.constants import FPS, SAMPLE_RATE
+from talksplat.features.phones import DECODER_OPTIONS
+
 # Mouth-opening gain of each phone class (CMU phone set of pocketsphinx's en-us model).
 PHONE_GAIN: dict[str, float] = {
     "AA": 1.0, "AE": 0.95, "AH": 0.8, "AO": 0.95, "AW": 0.95, "AY": 0.95,
@@ -35,12 +38,12 @@ class Phone:
     end: float
 
 
-def decode_phones(audio: np.ndarray, sample_rate: int = 16_000) -> list[Phone]:
+def decode_phones(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> list[Phone]:
     """Phone-loop decoding with pocketsphinx's bundled en-us model (offline, ~0.05x real time).
 
     audio: (N,) float32 mono at 16 kHz. Returns [] if pocketsphinx is unavailable or fails.
     """
-    if sample_rate != 16_000 or audio.size == 0:
+    if sample_rate != SAMPLE_RATE or audio.size == 0:   # the en-us model is 16 kHz, as talksplat
         return []
     try:
         from pocketsphinx import Decoder, get_model_path
@@ -51,7 +54,7 @@ def decode_phones(audio: np.ndarray, sample_rate: int = 16_000) -> list[Phone]:
     try:
         decoder = Decoder(hmm=os.path.join(model, "en-us", "en-us"),
                           allphone=os.path.join(model, "en-us", "en-us-phone.lm.bin"),
-                          lw=2.0, pip=0.3, beam=1e-10, pbeam=1e-10, loglevel="FATAL")
+                          loglevel="FATAL", **DECODER_OPTIONS)   # the same decoder as the phones feature
         decoder.start_utt()
         decoder.process_raw(pcm, full_utt=True)
         decoder.end_utt()
@@ -126,10 +129,10 @@ def mouth_track(rms_db: np.ndarray, phones: list[Phone], fps: int, lead_frames: 
     loud = loudness(rms_db)
     labels, gain, closed = frame_phones(phones, fps, n)
     target = gain * loud ** 0.6
-    sig = 0.8 * fps / 25.0
+    sig = 0.8 * fps / FPS
     m = gaussian_filter1d(target, sig, mode="nearest") if n > 1 else target
     m = np.where(closed, 0.12 * m, m)
-    m = gaussian_filter1d(m, 0.5 * fps / 25.0, mode="nearest") if n > 1 else m
+    m = gaussian_filter1d(m, 0.5 * fps / FPS, mode="nearest") if n > 1 else m
     m = 0.72 * m / max(float(np.percentile(m, 99)) if n else 1.0, 0.5)
     t = np.arange(n, dtype=np.float64)
     m = np.interp(t + lead_frames, t, m)   # the mouth moves before the sound it makes
@@ -206,7 +209,7 @@ class HeadMotion:
 def head_track(num_frames: int, fps: int, rng: np.random.Generator, loud: np.ndarray,
                amount: float = 1.0) -> HeadMotion:
     """Small smooth head motion: drifting yaw/pitch/roll of a few degrees, nods with speech."""
-    s = fps / 25.0
+    s = fps / FPS                 # durations below were tuned at the default rate
     deg = np.pi / 180.0
     yaw = 2.2 * _smooth_noise(rng, num_frames, 20 * s) + 1.5 * _smooth_noise(rng, num_frames, 60 * s)
     pitch = 1.5 * _smooth_noise(rng, num_frames, 15 * s) + 1.0 * _smooth_noise(rng, num_frames, 50 * s)
