@@ -19,3 +19,16 @@ def tiny_demo(tmp_path_factory) -> Path:
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-800:]
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_subject(tmp_path_factory) -> Path:
+    """A tiny prepared synthetic subject (5.6 s, 128^2), made once per test session; tests write
+    their runs elsewhere (``-o``)."""
+    from talksplat.prepare import PrepareConfig, prepare
+    from talksplat.synthetic import SynthConfig, generate
+
+    synth = generate(SynthConfig.tiny(seed=2, seconds=5.6, use_phones=False), tmp_path_factory.mktemp("synth"))
+    out = tmp_path_factory.mktemp("subject") / "s"
+    prepare(synth.video, out, PrepareConfig(size=128), quiet=True)
+    return out

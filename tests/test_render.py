@@ -157,7 +157,7 @@ def subject(tiny_demo) -> Path:
 def renderer(subject):
     from talksplat.render.renderer import Renderer
 
-    return Renderer(subject)
+    return Renderer.open(subject)
 
 
 @pytest.mark.slow
@@ -207,7 +207,7 @@ def test_pose_options_choose_the_source_frames(renderer):
 
 @pytest.mark.slow
 def test_stream_refuses_a_feature_that_cannot_stream(renderer, monkeypatch):
-    monkeypatch.setattr(renderer.cfg, "audio_feature", "phones")
+    monkeypatch.setattr(renderer.conditioner, "audio_feature", "phones")
     with pytest.raises(TalksplatError, match="'phones' cannot be streamed"):
         renderer.stream()
 
@@ -289,7 +289,7 @@ def test_a_render_failing_midway_leaves_nothing_behind(renderer, tmp_path, monke
     save_wav(audio, _speechlike(1.0, seed=2))
     out = tmp_path / "out.mp4"
     out.write_bytes(b"an earlier result")
-    real_render, calls = renderer.model.render, []
+    real_render, calls = renderer.avatar.render, []
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -297,7 +297,7 @@ def test_a_render_failing_midway_leaves_nothing_behind(renderer, tmp_path, monke
             raise error("boom")
         return real_render(*args, **kwargs)
 
-    monkeypatch.setattr(renderer.model, "render", failing)
+    monkeypatch.setattr(renderer.avatar, "render", failing)
     with pytest.raises(error):
         render_video(renderer, audio, out, RenderOptions(full_frame=True), progress=False)
     assert len(calls) == 6

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
+from talksplat.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from talksplat.engine.losses import l1_dssim, psnr, ssim
 from talksplat.errors import TalksplatError
-from talksplat.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from talksplat.train.losses import l1_dssim, psnr, ssim
 
 
 def test_ssim_matches_scikit_image_convention():
@@ -66,8 +66,10 @@ def test_checkpoint_validation_errors_are_clear(tmp_path):
     (path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(TalksplatError, match="unknown keys"):
         load_checkpoint(path, recipe="demo", config_type=_Config)
+    del meta["config"]["unexpected"]
+    (path / "meta.json").write_text(json.dumps(meta))
     (path / "tensors.safetensors").write_bytes(b"garbage")
-    with pytest.raises(TalksplatError, match="unreadable"):
+    with pytest.raises(TalksplatError, match="damaged"):
         load_checkpoint(path, recipe="demo", config_type=_Config)
 
 
@@ -80,7 +82,7 @@ def test_half_written_checkpoints_are_ignored(tmp_path):
 
 
 def test_mouth_box_loss_looks_only_around_the_mouth():
-    from talksplat.recipes.data import INSIDE_MOUTH, LIPS
+    from talksplat.core.labels import INSIDE_MOUTH, LIPS
     from talksplat.recipes.talkinggaussian import _mouth_box_l1
 
     labels = torch.zeros(64, 64, dtype=torch.uint8)
@@ -94,3 +96,42 @@ def test_mouth_box_loss_looks_only_around_the_mouth():
     assert _mouth_box_l1(far_change, target, labels).item() == 0.0
     assert _mouth_box_l1(mouth_change, target, labels).item() > 0.0
     assert _mouth_box_l1(mouth_change, target, torch.zeros_like(labels)).item() == 0.0
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["config"].update(lr="fast"), "lr must be a number"),
+    (lambda m: m["config"]["inner"].update(width=1.5), "inner.width must be an integer"),
+    (lambda m: m.pop("config"), "field 'config' is missing"),
+    (lambda m: m.update(step="12"), "field 'step' is missing or not a int"),
+])
+def test_damaged_meta_gives_one_line_errors(tmp_path, edit, message):
+    path = save_checkpoint(tmp_path, 1, {"x": torch.zeros(2)}, recipe="demo", config=_Config())
+    meta = json.loads((path / "meta.json").read_text())
+    edit(meta)
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(TalksplatError, match=message):
+        load_checkpoint(path, recipe="demo", config_type=_Config)
+
+
+def test_meta_that_is_a_list_and_flipped_or_nan_tensors_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    path = save_checkpoint(tmp_path, 1, {"x": torch.zeros(1000)}, recipe="demo", config=_Config())
+    good_meta = (path / "meta.json").read_text()
+    (path / "meta.json").write_text("[1, 2]")
+    with pytest.raises(TalksplatError, match="not a checkpoint description"):
+        load_checkpoint(path, recipe="demo", config_type=_Config)
+    (path / "meta.json").write_text(good_meta)
+    data = bytearray((path / "tensors.safetensors").read_bytes())
+    data[-100:-96] = b"\xff\xff\xff\xff"                  # flipped bytes inside the weights
+    (path / "tensors.safetensors").write_bytes(bytes(data))
+    with pytest.raises(TalksplatError, match="damaged"):
+        load_checkpoint(path, recipe="demo", config_type=_Config)
+    nan = torch.zeros(1000)
+    nan[::7] = float("nan")
+    save_file({"x": nan}, str(path / "tensors.safetensors"))
+    meta = json.loads(good_meta)
+    meta["tensors_sha256"] = __import__("hashlib").sha256((path / "tensors.safetensors").read_bytes()).hexdigest()
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(TalksplatError, match="NaN"):
+        load_checkpoint(path, recipe="demo", config_type=_Config)

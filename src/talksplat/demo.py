@@ -42,12 +42,13 @@ class DemoConfig:
 
 
 def run_demo(out_dir: Path, cfg: DemoConfig) -> dict:
+    from talksplat.core.constants import SAMPLE_RATE
+    from talksplat.engine.trainer import TrainerConfig, train
     from talksplat.io.audio import load_audio, save_wav
     from talksplat.prepare import PrepareConfig, prepare
-    from talksplat.recipes.talkinggaussian import TalkingGaussianConfig
+    from talksplat.recipes.talkinggaussian import TalkingGaussian, TalkingGaussianConfig
     from talksplat.render.renderer import Renderer, render_video
     from talksplat.synthetic import SynthConfig, bundled_clips, generate
-    from talksplat.train.trainer import TrainerConfig, train
 
     out_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -66,12 +67,12 @@ def run_demo(out_dir: Path, cfg: DemoConfig) -> dict:
     recipe_cfg = TalkingGaussianConfig(size=cfg.size, seed=cfg.seed)
     recipe_cfg.iterations.static, recipe_cfg.iterations.motion = cfg.static_iters, cfg.motion_iters
     recipe_cfg.iterations.finetune = cfg.finetune_iters
-    summary = timed("train", lambda: train(subject, "talkinggaussian", recipe_cfg, TrainerConfig(eval_frames=8)))
+    summary = timed("train", lambda: train(subject, TalkingGaussian, recipe_cfg, TrainerConfig(eval_frames=8)))
 
-    renderer = Renderer(subject)
+    renderer = Renderer.open(subject)
     unseen = _unseen_clip(bundled_clips(), video.parent / "ground_truth.json")
     unseen_wav = work / "unseen.wav"
-    samples = load_audio(unseen["path"], 16_000)[: int(cfg.unseen_clip_seconds * 16_000)]
+    samples = load_audio(unseen["path"], SAMPLE_RATE)[: int(cfg.unseen_clip_seconds * SAMPLE_RATE)]
     save_wav(unseen_wav, samples)
     talking = timed("render_unseen", lambda: render_video(renderer, unseen_wav, out_dir / "talking.mp4"))
     side = timed("side_by_side", lambda: _side_by_side(renderer, subject, out_dir / "side_by_side.mp4"))
@@ -110,19 +111,19 @@ def _unseen_clip(clips: list[dict], ground_truth: Path) -> dict:
 @torch.no_grad()
 def _side_by_side(renderer, subject: Path, out_path: Path) -> dict:
     """Ground truth | render of the held-out frames, with their own audio."""
-    from talksplat.features.audio import SAMPLES_PER_FRAME
+    from talksplat.core.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+    from talksplat.engine.losses import psnr
     from talksplat.io.audio import load_audio
     from talksplat.io.video import VideoWriter
-    from talksplat.train.losses import psnr
 
-    data, model = renderer.data, renderer.model
+    data, avatar = renderer.data, renderer.avatar
     frames = data.val_frames
-    samples = load_audio(subject / "audio" / "audio.wav", 16_000)
+    samples = load_audio(subject / "audio" / "audio.wav", SAMPLE_RATE)
     clip = samples[int(frames[0]) * SAMPLES_PER_FRAME: (int(frames[-1]) + 1) * SAMPLES_PER_FRAME]
     scores = []
-    with VideoWriter(out_path, 2 * data.size, data.size, fps=25, audio=clip, sample_rate=16_000) as writer:
+    with VideoWriter(out_path, 2 * data.size, data.size, fps=FPS, audio=clip, sample_rate=SAMPLE_RATE) as writer:
         for t in frames:
-            rendered = model.render(int(t))["image"].clamp(0, 1)
+            rendered = avatar.render_own(int(t))["image"].clamp(0, 1)
             truth = data.image(int(t))
             scores.append(psnr(rendered, truth))
             both = torch.cat([truth, rendered], dim=1)

@@ -59,7 +59,7 @@ def run_full_demo(args) -> int:
 def run_engine_demo(args) -> int:
     from skimage import data
 
-    from talksplat.train.image_fit import ImageFitConfig, fit_image
+    from talksplat.engine.image_fit import ImageFitConfig, fit_image
 
     cfg = ImageFitConfig(iterations=args.iterations)
     print(f"talksplat demo --engine-only: fitting {cfg.num_gaussians} Gaussians to a {cfg.size}x{cfg.size} photo "

@@ -14,7 +14,7 @@ def register(subparsers) -> None:
     p.add_argument("--audio", type=Path, help="cross-driven: speech to drive the avatar with (no ground truth)")
     p.add_argument("-o", "--out", type=Path,
                    help="output folder (default SUBJECT/eval, or SUBJECT/eval/driven-NAME with --audio)")
-    p.add_argument("--recipe", default="talkinggaussian")
+    p.add_argument("--recipe", help="which run of the subject (default: its only run)")
     p.add_argument("--run", type=Path, help="run folder (default SUBJECT/runs/RECIPE)")
     p.add_argument("--lpips-weights", type=Path, metavar="DIR",
                    help="folder with AlexNet + LPIPS v0.1 linear weights (LPIPS is skipped without it)")

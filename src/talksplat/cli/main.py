@@ -11,7 +11,7 @@ from talksplat.errors import TalksplatError
 
 # Subcommand modules, each exposing register(subparsers) that sets ``func`` on its parser.
 SUBCOMMANDS = ("talksplat.cli.doctor", "talksplat.cli.demo", "talksplat.cli.synth", "talksplat.cli.sync",
-               "talksplat.cli.prepare", "talksplat.cli.train", "talksplat.cli.render",
+               "talksplat.cli.prepare", "talksplat.cli.recipes", "talksplat.cli.train", "talksplat.cli.render",
                "talksplat.cli.eval")
 
 

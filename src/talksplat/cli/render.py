@@ -13,10 +13,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("render", help="render a trained subject speaking the given audio",
                               description="Render a trained subject speaking SPEECH: H.264 MP4 (yuv420p, 25 fps) "
                                           "with the audio muxed, written atomically (docs/render.md).")
-    p.add_argument("subject", type=Path)
+    p.add_argument("subject", type=Path, help="a prepared subject with a trained run, or a run folder")
     p.add_argument("--audio", type=Path, required=True, help="wav/mp3/flac/ogg/m4a speech (at most 600 s)")
     p.add_argument("-o", "--out", type=Path, required=True, help="output .mp4")
-    p.add_argument("--recipe", default="talkinggaussian")
+    p.add_argument("--recipe", help="which run of the subject (default: its only run)")
     p.add_argument("--run", type=Path, help="run folder (default SUBJECT/runs/RECIPE)")
     p.add_argument("--pose", choices=("loop", "still", "range"), default=None,
                    help="head pose: ping-pong over the training frames (loop, default), hold one frame (still), "
@@ -24,8 +24,9 @@ def register(subparsers) -> None:
     p.add_argument("--pose-range", type=_frame_range, metavar="START:END",
                    help="source frames START..END-1 of the prepared video for pose, expression and backdrop "
                         "(implies --pose range; with --pose still, holds START)")
-    p.add_argument("--expression", choices=("video", "neutral"), default="video",
-                   help="expression coefficients of the pose's source frame, or the training median")
+    p.add_argument("--expression", default="video",
+                   help="video: expression coefficients of the pose's source frame; neutral: the training median "
+                        "(recipes may offer more)")
     p.add_argument("--full-frame", action="store_true",
                    help="paste back into the original full-resolution frames (else the training-size crop)")
     p.add_argument("--preset", default="medium",
@@ -75,16 +76,19 @@ def _sigterm_unwinds():
 
 
 def run(args) -> int:
-    from talksplat.render.renderer import Renderer, check_output_path, render_video
+    from talksplat.render.renderer import Renderer, check_output_path, load_driving_audio, render_video
 
     options = _options(args)
+    if args.audio.is_dir():
+        raise TalksplatError(f"--audio {args.audio} is a folder; give an audio file")
     if not args.audio.is_file():
         raise TalksplatError(f"audio file {args.audio} does not exist")
     check_output_path(args.out)
+    samples = load_driving_audio(args.audio)      # bad audio fails in a second, before the model loads
     with _sigterm_unwinds():
-        renderer = Renderer(args.subject, args.run, args.recipe)
+        renderer = Renderer.open(args.subject, args.recipe, args.run)
         summary = render_video(renderer, args.audio, args.out, options, progress=not args.quiet,
-                               preset=args.preset)
+                               preset=args.preset, samples=samples)
     line = (f"wrote {summary['output']}: {summary['frames']} frames, {summary['seconds']:.2f} s, "
             f"{summary['size'][0]}x{summary['size'][1]}, {summary['fps']} frames/s")
     seam = summary.get("seam")

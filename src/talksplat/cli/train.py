@@ -1,57 +1,98 @@
-"""``talksplat train SUBJECT_DIR``: train an avatar on a prepared subject (resumes automatically)."""
+"""``talksplat train SUBJECT_DIR [--recipe NAME]``: train an avatar on a prepared subject (resumable).
+
+Settings: ``--quality`` (the recipe's presets), the common shortcuts ``--size``, ``--iters``, ``--seed``,
+``--audio-feature``, and any config field by its dotted name with ``--set KEY=VALUE`` (repeatable) or
+``--config FILE`` (JSON/TOML); later ones win: preset < file < shortcuts < --set. Re-running without
+settings resumes the run; settings that differ from the run's are refused unless ``--restart``.
+"""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
+from talksplat.engine.config import apply_overrides, describe_fields, overrides_from_file
 from talksplat.errors import TalksplatError
+from talksplat.recipes import DEFAULT_RECIPE, RECIPES, recipe_class
 
-QUALITY_PRESETS = {
-    # CPU defaults: about 15-30 min on 2 cores at 256^2.
-    "default": {"size": 256, "static": 1500, "motion": 3000, "finetune": 500},
-    "high": {"size": 512, "static": 4000, "motion": 10000, "finetune": 2000},
-    "draft": {"size": 128, "static": 300, "motion": 600, "finetune": 100},
-}
+QUALITIES = ("draft", "default", "high")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train an avatar on a prepared subject (resumable)")
+    p = subparsers.add_parser(
+        "train", help="train an avatar on a prepared subject (resumable)",
+        description="Train an avatar on a prepared subject. Re-running continues the run from its newest "
+                    "checkpoint; settings that differ from the run's are refused unless --restart.",
+        epilog=_settings_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("subject", type=Path, help="folder written by `talksplat prepare`")
-    p.add_argument("--recipe", default="talkinggaussian")
-    p.add_argument("--quality", choices=sorted(QUALITY_PRESETS), default="default")
-    p.add_argument("--size", type=int, help="training resolution (overrides --quality)")
-    p.add_argument("--iters", type=int, nargs=3, metavar=("STATIC", "MOTION", "FINETUNE"),
-                   help="iterations per stage (overrides --quality)")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"one of {', '.join(sorted(RECIPES))} "
+                   f"(default {DEFAULT_RECIPE}; `talksplat recipes` describes them)")
+    p.add_argument("--quality", choices=QUALITIES, help="a preset of the recipe (`talksplat recipes NAME` shows "
+                   "them; default: the recipe's defaults)")
+    p.add_argument("--size", type=int, help="training resolution (sets `size`)")
+    p.add_argument("--iters", type=int, nargs="+", metavar="N",
+                   help="iterations per stage, one number per stage in order (sets `iterations.*`)")
+    p.add_argument("--seed", type=int, help="random seed (sets `seed`)")
+    p.add_argument("--audio-feature", help="mel | phones | mel+phones | avsync[:DIR] | wav2vec2:DIR | hubert:DIR "
+                   "(sets `audio_feature`; computed and cached when prepare did not write it)")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field by its dotted name, e.g. --set losses.mouth_box=0 (repeatable)")
+    p.add_argument("--config", type=Path, metavar="FILE", help="settings from a JSON or TOML file "
+                   "(the nesting of config.json)")
     p.add_argument("-o", "--out", type=Path, help="run folder (default SUBJECT/runs/RECIPE)")
-    p.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
-    p.add_argument("--no-decomposition", action="store_true", help="ablation: one branch, no mouth branch")
-    p.add_argument("--no-incremental-sampling", action="store_true", help="ablation: uniform frame sampling")
-    p.add_argument("--appearance-modification", action="store_true",
-                   help="ablation: predict colour/opacity offsets instead of deformation")
-    p.add_argument("--audio-condition", choices=("lipstate", "learned"), default="lipstate",
-                   help="lipstate: audio -> predicted lip shape -> motion (default); learned: the paper's "
-                        "AudioNet on raw log-mel, trained end to end (memorises short clips)")
-    p.add_argument("--mouth-loss-weight", type=float, help="weight of the extra mouth-box L1 (default 2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--restart", action="store_true", help="discard the run's checkpoints and start over")
     p.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints")
     p.add_argument("--eval-frames", type=int, default=8, help="held-out frames scored after each stage")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def build_config(args):
-    from talksplat.train.trainer import recipe_classes
+def _settings_epilog() -> str:
+    lines = ["config fields (KEY = default) for --set / --config:"]
+    for name, cls in sorted(RECIPES.items()):
+        lines.append(f"  {name}:")
+        lines += [f"    {line}" for line in describe_fields(cls.Config())]
+    return "\n".join(lines)
 
-    _, cfg_cls = recipe_classes(args.recipe)
-    preset = QUALITY_PRESETS[args.quality]
-    cfg = cfg_cls(size=args.size or preset["size"], seed=args.seed,
-                  decomposition=not args.no_decomposition,
-                  incremental_sampling=not args.no_incremental_sampling,
-                  appearance_modification=args.appearance_modification,
-                  audio_condition=args.audio_condition)
-    if args.mouth_loss_weight is not None:
-        cfg.mouth_loss_weight = args.mouth_loss_weight
-    static, motion, finetune = args.iters or (preset["static"], preset["motion"], preset["finetune"])
-    cfg.iterations.static, cfg.iterations.motion, cfg.iterations.finetune = static, motion, finetune
+
+def requested_overrides(args, recipe_cls) -> dict[str, object]:
+    """Dotted-name settings the command line asks for (empty: none were given)."""
+    overrides: dict[str, object] = {}
+    if args.quality:
+        overrides.update(getattr(recipe_cls, "presets", {}).get(args.quality, {}))
+    if args.config:
+        overrides.update(overrides_from_file(args.config))
+    overrides.update(_shortcuts(args, recipe_cls))
+    for item in args.settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TalksplatError(f"--set expects KEY=VALUE (got {item!r})")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def _shortcuts(args, recipe_cls) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in (("size", args.size), ("seed", args.seed), ("audio_feature", args.audio_feature)):
+        if value is not None:
+            out[key] = value
+    if args.iters is not None:
+        stage_names = list(recipe_cls.Config().iterations.__dataclass_fields__)
+        if len(args.iters) != len(stage_names):
+            raise TalksplatError(f"--iters needs {len(stage_names)} numbers for {recipe_cls.name} "
+                                 f"({' '.join(n.upper() for n in stage_names)}), got {len(args.iters)}")
+        if any(n < 0 for n in args.iters):
+            raise TalksplatError("--iters must be >= 0")
+        out.update({f"iterations.{name}": n for name, n in zip(stage_names, args.iters, strict=True)})
+    return out
+
+
+def build_config(args, recipe_cls):
+    """The requested config, or None when no setting was given (resume as is / defaults)."""
+    overrides = requested_overrides(args, recipe_cls)
+    if not overrides:
+        return None
+    cfg = apply_overrides(recipe_cls.Config(), overrides)
     try:
         cfg.validate()
     except ValueError as exc:
@@ -60,13 +101,20 @@ def build_config(args):
 
 
 def run(args) -> int:
-    from talksplat.train.trainer import TrainerConfig, train
+    from talksplat.engine.trainer import TrainerConfig, train
 
+    recipe_cls = recipe_class(args.recipe)
     if not args.subject.is_dir():
         raise TalksplatError(f"subject folder {args.subject} does not exist; run `talksplat prepare` first")
-    summary = train(args.subject, args.recipe, build_config(args), TrainerConfig(checkpoint_every_s=args.checkpoint_every,
-                                                                           eval_frames=args.eval_frames),
-                    out_dir=args.out, resume=not args.restart)
+    if not (args.subject / "subject.json").is_file():
+        raise TalksplatError(f"{args.subject} is not a prepared subject (no subject.json); "
+                             f"run `talksplat prepare VIDEO -o {args.subject}` first")
+    if args.eval_frames < 0 or args.checkpoint_every < 0:
+        raise TalksplatError("--eval-frames and --checkpoint-every must be >= 0")
+    cfg = build_config(args, recipe_cls)
+    trainer_cfg = TrainerConfig(checkpoint_every_s=args.checkpoint_every, eval_frames=args.eval_frames,
+                                quiet=args.quiet)
+    summary = train(args.subject, recipe_cls, cfg, trainer_cfg, out_dir=args.out, restart=args.restart)
     scores = summary["held_out_by_stage"]
     speed = f"{summary['ms_per_iteration_median']} ms/it, " if summary["ms_per_iteration_median"] else ""
     print(f"trained {summary['recipe']} in {summary['train_seconds']:.0f} s ({speed}{summary['gaussians']} Gaussians)")

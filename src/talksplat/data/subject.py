@@ -1,27 +1,40 @@
-"""A prepared subject as training tensors (shared by every recipe).
+"""A prepared subject as training tensors, with named per-frame channels (shared by every recipe).
 
 Reads the layout written by ``talksplat prepare`` (docs/dataset.md) and resizes to the training
 resolution. Frames stay uint8 and memory-mapped; one frame is converted to float when sampled.
+
+Per-frame channels (``SubjectData.channel(name)``, first dimension = frames):
+
+    frames         (T, S, S, 3) uint8      masks        (T, S, S) uint8 labels (core.labels)
+    landmarks      (T, 478, 3) crop px     w2c          (T, 4, 4) cameras (world = head frame)
+    expressions    (T, 7) core coefficients in [0, 1]     blink, lip_open, lips_part  (T,)
+    lip_shapes     (T, 80) Procrustes-normalised lip landmarks
+    audio          (T, window, D) the run's audio feature (``audio_feature``), computed on demand
+    face_model/*   every array of SUBJECT/face_model.npz whose first dimension is T, when present
+
+A recipe lists the channels it needs (``Recipe.required_channels``); a missing one is a one-line
+error naming the prepare step that makes it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from talksplat.core.labels import BACKDROP_FROM_FRAME, HEAD_LABELS
 from talksplat.errors import TalksplatError
 
-# Label numbers of the prepared masks (talksplat.tracking.masks.LABELS).
-BACKGROUND, TORSO, NECK, HAIR, SKIN, EYE_RIGHT, EYE_LEFT, LIPS, INSIDE_MOUTH = range(9)
-HEAD_LABELS = (HAIR, SKIN, EYE_RIGHT, EYE_LEFT, LIPS, INSIDE_MOUTH)
-# What the head model does not draw: it is taken from the source frame (as ER-NeRF/TalkingGaussian
-# composite the head over the torso); the neck is drawn by the head model where it overlaps.
-BACKDROP_FROM_FRAME = (TORSO, NECK)
+FACE_MODEL_FILE = "face_model.npz"
+# Which command makes a channel that a subject may lack.
+CHANNEL_SOURCES = {
+    "audio": "`talksplat prepare` on a video with sound",
+    "face_model": "`talksplat prepare` (its face-model step writes face_model.npz)",
+}
 
 
 @dataclass
@@ -35,16 +48,46 @@ class SubjectData:
     blink: np.ndarray         # (T,)
     lip_open: np.ndarray      # (T,) mm
     lips_part: np.ndarray     # (T,)
-    audio: Tensor | None      # (T, 16, D) windows, or None when the subject has no audio features
+    audio: Tensor | None      # (T, window, D) features of ``audio_feature``, or None without audio
     lip_shapes: np.ndarray    # (T, 80) Procrustes-normalised lip landmark shapes (sync_offset)
     train_frames: np.ndarray  # indices
     val_frames: np.ndarray
     size: int                 # training resolution
     source_size: int
+    audio_feature: str = "mel"
+    landmarks: np.ndarray | None = None    # (T, 478, 3) crop pixels
+    extra_channels: dict[str, np.ndarray] = field(default_factory=dict)
+    subject_dir: Path | None = None
+    fingerprint: dict = field(default_factory=dict)
 
     @property
     def n_frames(self) -> int:
         return self.frames.shape[0]
+
+    @property
+    def name(self) -> str:
+        return self.subject_dir.name if self.subject_dir is not None else "subject"
+
+    def channel_names(self) -> list[str]:
+        fixed = ["frames", "masks", "w2c", "expressions", "blink", "lip_open", "lips_part", "lip_shapes"]
+        fixed += ["landmarks"] if self.landmarks is not None else []
+        fixed += ["audio"] if self.audio is not None else []
+        return fixed + sorted(self.extra_channels)
+
+    def channel(self, name: str):
+        """The per-frame array ``name`` (see the module docstring); TalksplatError if absent."""
+        if name in self.extra_channels:
+            return self.extra_channels[name]
+        value = getattr(self, name, None) if name in self.channel_names() else None
+        if value is None:
+            source = CHANNEL_SOURCES.get(name.split("/")[0], "`talksplat prepare`")
+            raise TalksplatError(f"subject {self.name} has no {name!r} data; run {source} "
+                                 f"(it has: {', '.join(self.channel_names())})")
+        return value
+
+    def require(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            self.channel(name)
 
     def image(self, t: int) -> Tensor:
         """(size, size, 3) float in [0, 1]."""
@@ -58,6 +101,13 @@ class SubjectData:
         keep = torch.isin(self.labels(t), torch.tensor(BACKDROP_FROM_FRAME))
         return torch.where(keep[..., None], self.image(t), self.background)
 
+    def head_box(self, t: int) -> tuple[slice, slice] | None:
+        """The bounding box of the head labels in frame t (rows, cols), or None when there are none."""
+        ys, xs = np.nonzero(np.isin(self.labels(t).numpy(), HEAD_LABELS))
+        if len(ys) == 0:
+            return None
+        return slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)
+
     def _resized(self, array: np.ndarray, interpolation: str) -> np.ndarray:
         if self.size == self.source_size:
             return np.array(array)  # a writable copy of the memory-mapped frame
@@ -67,13 +117,42 @@ class SubjectData:
         return cv2.resize(np.ascontiguousarray(array), (self.size, self.size), interpolation=flag)
 
 
-def load_subject_data(subject_dir: Path, size: int, audio_feature: str = "mel") -> SubjectData:
+def subject_fingerprint(subject_dir: Path) -> dict:
+    """What identifies a prepared subject's data: the source video's sha256, the dataset format and
+    the frame count (and, for finding it again, its path). Runs record it; a subject re-prepared from
+    another video no longer matches."""
+    meta = _subject_meta(Path(subject_dir))
+    source = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+    return {"source_sha256": source.get("sha256"), "format_version": meta.get("format_version"),
+            "n_frames": meta.get("n_frames"), "path": str(Path(subject_dir).resolve())}
+
+
+def _subject_meta(subject_dir: Path) -> dict:
+    from talksplat.prepare.layout import SUBJECT_JSON
+
+    path = subject_dir / SUBJECT_JSON
+    if not path.is_file():
+        raise TalksplatError(f"{subject_dir} is not a prepared subject (no {SUBJECT_JSON}); "
+                             f"run `talksplat prepare VIDEO -o {subject_dir}` first")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TalksplatError(f"{path} is unreadable ({exc}); re-run `talksplat prepare`") from exc
+    if not isinstance(meta, dict):
+        raise TalksplatError(f"{path} is not a subject description; re-run `talksplat prepare`")
+    return meta
+
+
+def load_subject_data(subject_dir: Path, size: int, audio_feature: str = "mel",
+                      require_audio: bool = False) -> SubjectData:
+    """Loads a prepared subject at training resolution ``size``. The audio feature is read from
+    ``audio/<feature>.npy`` when prepare wrote it, else computed from ``audio/audio.wav`` and cached."""
+    import cv2
+
     from talksplat.prepare.layout import SPLIT_JSON, load_subject
 
     subject_dir = Path(subject_dir)
-    if not (subject_dir / "subject.json").exists():
-        raise TalksplatError(f"{subject_dir} is not a prepared subject (no subject.json); "
-                             f"run `talksplat prepare VIDEO -o {subject_dir}` first")
+    fingerprint = subject_fingerprint(subject_dir)
     raw = load_subject(subject_dir)
     meta = raw["meta"]
     source = int(raw["frames"].shape[1])
@@ -84,22 +163,26 @@ def load_subject_data(subject_dir: Path, size: int, audio_feature: str = "mel") 
     # pixel centres at +0.5.
     K[0, 2] += 0.5
     K[1, 2] += 0.5
-    import cv2
-
     background = cv2.resize(raw["background"], (size, size), interpolation=cv2.INTER_AREA)
     ex = raw["expressions"]
     split = meta.get("split") or json.loads((subject_dir / SPLIT_JSON).read_text())
-    train = np.arange(split["train"]["start"], split["train"]["stop"])
-    val = np.arange(split["val"]["start"], split["val"]["stop"])
+    n_frames = len(raw["frames"])
+    audio = load_audio_feature(subject_dir, audio_feature, n_frames)
+    if audio is None and require_audio:
+        raise TalksplatError("the subject has no audio features (prepared with --no-audio?); "
+                             "re-run `talksplat prepare` on a video with sound")
     return SubjectData(
         frames=raw["frames"], masks=raw["masks"],
         background=torch.from_numpy(background).float() / 255.0, K=K,
         w2c=torch.tensor(raw["w2c"], dtype=torch.float32),
         expressions=torch.tensor(ex["core"], dtype=torch.float32),
         blink=np.asarray(ex["blink"]), lip_open=np.asarray(ex["lip_open_mm"]), lips_part=np.asarray(ex["lips_part"]),
-        audio=_load_audio_features(subject_dir, audio_feature, len(raw["frames"])),
-        lip_shapes=_lip_shapes(raw["landmarks"]),
-        train_frames=train, val_frames=val, size=size, source_size=source,
+        audio=audio, lip_shapes=_lip_shapes(raw["landmarks"]),
+        train_frames=np.arange(split["train"]["start"], split["train"]["stop"]),
+        val_frames=np.arange(split["val"]["start"], split["val"]["stop"]),
+        size=size, source_size=source, audio_feature=audio_feature, landmarks=raw["landmarks"],
+        extra_channels=_face_model_channels(subject_dir, n_frames), subject_dir=subject_dir,
+        fingerprint=fingerprint,
     )
 
 
@@ -110,13 +193,33 @@ def _lip_shapes(landmarks: np.ndarray) -> np.ndarray:
     return normalise_lip_shapes(lip_points(landmarks))[0].astype(np.float32)
 
 
-def _load_audio_features(subject_dir: Path, name: str, n_frames: int) -> Tensor | None:
-    path = subject_dir / "audio" / f"{name}.npy"
-    if not path.exists():
+def _face_model_channels(subject_dir: Path, n_frames: int) -> dict[str, np.ndarray]:
+    path = subject_dir / FACE_MODEL_FILE
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as npz:
+        return {f"face_model/{k}": npz[k] for k in npz.files if npz[k].ndim and npz[k].shape[0] == n_frames}
+
+
+def load_audio_feature(subject_dir: Path, name: str, n_frames: int) -> Tensor | None:
+    """(T, window, D) features ``name`` of the subject's audio; None when the subject has no audio.
+
+    ``audio/<name>.npy`` (written by prepare for the default features) is used when present; any
+    other feature (``avsync:DIR``, ``wav2vec2:DIR``, ...) is computed from ``audio/audio.wav`` once and
+    cached under ``audio/cache/`` (keyed by the audio's and the model's content)."""
+    from talksplat.features.audio import AudioFeatures
+
+    audio_dir = Path(subject_dir) / "audio"
+    features = AudioFeatures(name)          # validates the name first: one-line error if unknown
+    prepared = audio_dir / f"{features.name}.npy"
+    if features.spec.path is None and prepared.is_file():
+        feats = np.load(prepared)
+    elif (audio_dir / "audio.wav").is_file():
+        feats = AudioFeatures(name, cache_dir=audio_dir / "cache").compute(audio_dir / "audio.wav", n_frames)
+    else:
         return None
-    feats = np.load(path)
     if feats.shape[0] != n_frames:
-        raise TalksplatError(f"{path} has {feats.shape[0]} frames but the subject has {n_frames}; "
+        raise TalksplatError(f"{prepared} has {feats.shape[0]} frames but the subject has {n_frames}; "
                              "re-run `talksplat prepare` to recompute the audio features")
     if feats.ndim == 2:  # (T, D) per-frame features -> a one-step window
         feats = feats[:, None, :]

@@ -2,34 +2,38 @@
 
 A checkpoint is a folder ``<run>/checkpoints/step-<N>/`` holding ``tensors.safetensors`` and
 ``meta.json``. It is written into a temporary folder and renamed, so a crash never leaves a
-half-written checkpoint, and ``latest`` finds the newest complete one. Loading validates the format
-version, the recipe name and the config before anything is used.
+half-written checkpoint, and ``latest`` finds the newest complete one. ``meta.json`` records the
+sha256 of the tensors file; loading verifies it (a flipped byte is caught, not rendered), rejects
+non-finite values, and validates the format version, the recipe name and every config field's type
+before anything is used.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-import typing
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from talksplat.engine.config import config_from_dict
 from talksplat.errors import TalksplatError
 
-FORMAT_VERSION = 1
+# 2: the engine's layout (Gaussian sets, named optimizers), the subject fingerprint and a tensors digest.
+FORMAT_VERSION = 2
 TENSORS_FILE = "tensors.safetensors"
 META_FILE = "meta.json"
 STEP_PREFIX = "step-"
 
 
 def save_checkpoint(folder: Path, step: int, tensors: dict[str, Tensor], *, recipe: str, config,
-                    progress: dict | None = None, keep_last: int = 2) -> Path:
+                    progress: dict | None = None, keep_last: int = 2, subject: dict | None = None) -> Path:
     """Atomically writes checkpoint ``step`` under ``folder``; keeps the newest ``keep_last``."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{STEP_PREFIX}{step:08d}"
@@ -37,7 +41,8 @@ def save_checkpoint(folder: Path, step: int, tensors: dict[str, Tensor], *, reci
     try:
         save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_FILE))
         meta = {"format_version": FORMAT_VERSION, "recipe": recipe, "step": step,
-                "config": dataclasses.asdict(config), "progress": progress or {}}
+                "config": dataclasses.asdict(config), "progress": progress or {}, "subject": subject or {},
+                "tensors_sha256": _sha256(tmp / TENSORS_FILE)}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
         if target.exists():
             shutil.rmtree(target)
@@ -64,36 +69,55 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, *, recipe: str, config_type) -> tuple[dict[str, Tensor], object, dict]:
-    """Returns (tensors, config, meta). Raises TalksplatError naming what is wrong and the fix."""
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_meta(path: Path) -> dict:
+    """A checkpoint's meta.json, checked for the fields and types every reader relies on."""
+    where = path / META_FILE
     try:
-        meta = json.loads((path / META_FILE).read_text())
+        meta = json.loads(where.read_text())
+    except (OSError, ValueError) as exc:
+        raise TalksplatError(f"checkpoint {path} is unreadable ({exc}); delete it to fall back "
+                             "to the previous one") from exc
+    if not isinstance(meta, dict):
+        raise TalksplatError(f"{where} is not a checkpoint description (a JSON object); delete the checkpoint")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise TalksplatError(f"checkpoint {path} has format {meta.get('format_version')!r}, this talksplat "
+                             f"reads {FORMAT_VERSION}; retrain with --restart or use the talksplat version that wrote it")
+    expected = {"recipe": str, "step": int, "config": dict, "progress": dict, "tensors_sha256": str}
+    for key, kind in expected.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise TalksplatError(f"{where}: field {key!r} is missing or not a {kind.__name__}; the checkpoint "
+                                 "is damaged: delete it to fall back to the previous one")
+    return meta
+
+
+def load_checkpoint(path: Path, *, recipe: str | None, config_type) -> tuple[dict[str, Tensor], object, dict]:
+    """Returns (tensors, config, meta). Raises TalksplatError naming what is wrong and the fix.
+    ``recipe`` None accepts any recipe name (the caller dispatches on ``meta["recipe"]``)."""
+    import torch
+
+    meta = read_meta(path)
+    if recipe is not None and meta["recipe"] != recipe:
+        raise TalksplatError(f"checkpoint {path} was trained with recipe {meta['recipe']!r}, "
+                             f"not {recipe!r}; pass --recipe {meta['recipe']} (or another run folder)")
+    config = config_from_dict(config_type, meta["config"])
+    if _sha256(path / TENSORS_FILE) != meta["tensors_sha256"]:
+        raise TalksplatError(f"checkpoint {path} is damaged (its tensors do not match the digest recorded "
+                             "when it was written); delete it to fall back to the previous one")
+    try:
         tensors = load_file(str(path / TENSORS_FILE))
     except (OSError, ValueError, SafetensorError) as exc:
         raise TalksplatError(f"checkpoint {path} is unreadable ({exc}); delete it to fall back "
                              "to the previous one") from exc
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise TalksplatError(f"checkpoint {path} has format {meta.get('format_version')}, this talksplat "
-                             f"reads {FORMAT_VERSION}; retrain or use the talksplat version that wrote it")
-    if meta.get("recipe") != recipe:
-        raise TalksplatError(f"checkpoint {path} was trained with recipe {meta.get('recipe')!r}, "
-                             f"not {recipe!r}; pass --recipe {meta.get('recipe')}")
-    return tensors, config_from_dict(config_type, meta["config"]), meta
-
-
-def config_from_dict(config_type, values: dict):
-    """Rebuilds a (nested) dataclass from its ``asdict`` form, rejecting unknown keys."""
-    hints = typing.get_type_hints(config_type)
-    unknown = set(values) - {f.name for f in dataclasses.fields(config_type)}
-    if unknown:
-        raise TalksplatError(f"config has unknown keys {sorted(unknown)} for {config_type.__name__}; "
-                             "it was written by a different talksplat version")
-    kwargs = {}
-    for name, value in values.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = config_from_dict(hint, value)
-        elif typing.get_origin(hint) is tuple and isinstance(value, list):
-            value = tuple(value)  # JSON has no tuples
-        kwargs[name] = value
-    return config_type(**kwargs)
+    for name, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise TalksplatError(f"checkpoint {path} holds NaN/inf values in {name}; delete it to fall back "
+                                 "to the previous one")
+    return tensors, config, meta

@@ -1,4 +1,5 @@
-"""The training loop every recipe shares: progress, previews, checkpoints, exact resume, summary.
+"""The training loop every recipe shares: sampling, losses, optimizers, densification, held-out
+evaluation, previews, checkpoints, exact resume and the run summary.
 
 Layout of a run (inside the subject folder by default)::
 
@@ -7,14 +8,19 @@ Layout of a run (inside the subject folder by default)::
         checkpoints/step-N/    safetensors + meta.json, written atomically; newest two kept
         previews/step-N.png    ground truth | render of a held-out frame
         log.jsonl              one line of stats per logged step
-        summary.json           per-stage held-out PSNR/SSIM, wall time, iteration time
+        summary.json           per-stage held-out scores, wall time, iteration time
+
+Resuming: re-running ``train`` continues from the newest checkpoint, bitwise as if never stopped.
+Settings that differ from the run's saved config are refused with the list of differences (pass
+``restart=True`` / ``--restart`` to start over, or choose another run folder): a run never silently
+continues with settings other than the ones it was started with. A run whose subject was re-prepared
+from another video is refused too.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +29,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from talksplat.data.subject import load_subject_data
+from talksplat.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from talksplat.engine.config import config_to_dict, differences
+from talksplat.engine.contract import Batch, Recipe, Stage, View
+from talksplat.engine.evaluate import evaluate_held_out, to_uint8
+from talksplat.engine.losses import psnr
+from talksplat.engine.runs import check_fingerprint, default_run_dir
 from talksplat.errors import TalksplatError
-from talksplat.recipes import RECIPES
-from talksplat.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -34,56 +45,235 @@ class TrainerConfig:
     preview_every: int = 500
     log_every: int = 25
     eval_frames: int = 8   # held-out frames scored at the end of each stage
+    quiet: bool = False
 
 
-def recipe_classes(name: str):
-    if name not in RECIPES:
-        raise TalksplatError(f"unknown recipe {name!r}; choose one of {', '.join(sorted(RECIPES))}")
-    module_name, cls_name, cfg_name = RECIPES[name]
-    module = importlib.import_module(module_name)
-    return getattr(module, cls_name), getattr(module, cfg_name)
+# ------------------------------------------------------------------------------------------ stages
+def stage_at(stages: list[Stage], step: int) -> tuple[Stage, int]:
+    """The stage that global step ``step`` belongs to, and the step its stage starts at."""
+    start = 0
+    for stage in stages:
+        if step < start + stage.iterations:
+            return stage, start
+        start += stage.iterations
+    return stages[-1], start - stages[-1].iterations
 
 
-def run_dir(subject_dir: Path, recipe: str) -> Path:
-    return Path(subject_dir) / "runs" / recipe
+def total_iterations(stages: list[Stage]) -> int:
+    return sum(s.iterations for s in stages)
 
 
-def train(subject_dir: Path, recipe_name: str, recipe_cfg, trainer_cfg: TrainerConfig | None = None,
-          out_dir: Path | None = None, resume: bool = True, stop_after: int | None = None) -> dict:
-    """Trains (or resumes) a recipe on a prepared subject; returns the summary.
+def _selected(selectors: tuple[str, ...], kind: str, owner: str, name: str) -> bool:
+    """Whether optimizer group ``owner.name`` of ``kind`` (gaussians|networks) trains under ``selectors``."""
+    return any(sel in (kind, f"{kind}.{name}", f"{owner}.{name}") for sel in selectors)
 
-    ``stop_after`` ends the run after that step (and its checkpoint), as an interruption would.
+
+# ------------------------------------------------------------------------------------------ engine
+class Engine:
+    """Trains one recipe instance: owns the optimizers of its networks, its samplers and the RNG."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self.stages = recipe.stages()
+        self.total = total_iterations(self.stages)
+        self.image_size = (recipe.cfg.size, recipe.cfg.size)
+        self.network_optimizers: dict[str, torch.optim.Adam] = {}
+        for group in recipe.network_param_groups():
+            if group["name"] in self.network_optimizers:
+                raise ValueError(f"network parameter group {group['name']!r} is declared twice")
+            # eps 1e-15 as in 3DGS; one Adam per group (Adam is per parameter, so this equals one
+            # optimizer with several groups) lets a stage train any subset of the groups.
+            self.network_optimizers[group["name"]] = torch.optim.Adam(list(group["params"]), lr=group["lr"], eps=1e-15)
+        self.samplers = {stage.name: recipe.sampler(stage) for stage in self.stages}
+
+    def stage(self, step: int) -> Stage:
+        return stage_at(self.stages, step)[0]
+
+    def train_step(self, step: int) -> dict:
+        recipe, rng = self.recipe, self.recipe.rng
+        stage, start = stage_at(self.stages, step)
+        t = self.samplers[stage.name].sample(step, start, stage.iterations, rng)
+        batch = Batch(frame=t, image=recipe.data.image(t))
+        conditions = recipe.training_conditions(t, stage) if stage.deform else None
+        out = recipe(View(t), conditions, stage)
+        if stage.densify:
+            for name, gaussians in recipe.sets.items():
+                gaussians.step_pre_backward(out["metas"][name])
+        terms = recipe.losses(out, batch, stage)
+        weights = recipe.loss_weights()
+        loss = sum(weights[name] * value for name, value in terms.items())
+        loss.backward()
+        changes: dict[str, int] = {}
+        if stage.densify:
+            for name, gaussians in recipe.sets.items():
+                changes.update(gaussians.step_post_backward(step, out["metas"][name], self.image_size))
+        self._step_optimizers(stage)
+        stats = {"loss": loss.item(), "psnr": psnr(out["image"], batch.image), "stage": stage.name,
+                 "gaussians": recipe.num_gaussians()}
+        stats.update({f"loss_{name}": float(value.detach()) for name, value in terms.items()})
+        if changes:
+            stats["densify"] = changes
+        return stats
+
+    def _step_optimizers(self, stage: Stage) -> None:
+        for set_name, gaussians in self.recipe.sets.items():
+            trained = tuple(p for p in gaussians.params if _selected(stage.trains, "gaussians", set_name, p))
+            gaussians.step_optimizers(trained)
+        for name, optimizer in self.network_optimizers.items():
+            if _selected(stage.trains, "networks", "networks", name):
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    # ---------------------------------------------------------------------------- state
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything needed to resume exactly, as named tensors (for safetensors)."""
+        recipe = self.recipe
+        tensors: dict[str, torch.Tensor] = {}
+        for name, gaussians in recipe.sets.items():
+            tensors.update(gaussians.state_tensors(f"sets/{name}"))
+        for key, value in recipe.state_dict().items():
+            if not key.startswith("sets."):
+                tensors[f"modules/{key}"] = value
+        for group, optimizer in self.network_optimizers.items():
+            params = optimizer.param_groups[0]["params"]
+            for i, p in enumerate(params):
+                for key, value in optimizer.state.get(p, {}).items():
+                    tensors[f"optim/{group}/{i}/{key}"] = torch.as_tensor(value)
+        tensors["rng/torch"] = torch.get_rng_state()
+        tensors["rng/numpy"] = torch.tensor(_numpy_rng_words(recipe.rng), dtype=torch.int64)
+        return tensors
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restores :meth:`state_tensors`; KeyError/ValueError/RuntimeError when they do not fit."""
+        recipe = self.recipe
+        for name, gaussians in recipe.sets.items():
+            gaussians.load_state_tensors(tensors, f"sets/{name}")
+        modules = {k[len("modules/"):]: v for k, v in tensors.items() if k.startswith("modules/")}
+        missing, unexpected = recipe.load_state_dict(modules, strict=False)
+        missing = [k for k in missing if not k.startswith("sets.")]
+        if missing or unexpected:
+            raise KeyError(f"network weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        for group, optimizer in self.network_optimizers.items():
+            optimizer.state.clear()
+            for i, p in enumerate(optimizer.param_groups[0]["params"]):
+                state = {k.rsplit("/", 1)[1]: v.clone() for k, v in tensors.items()
+                         if k.startswith(f"optim/{group}/{i}/")}
+                if state:
+                    optimizer.state[p] = state
+        torch.set_rng_state(tensors["rng/torch"])
+        _restore_numpy_rng(recipe.rng, tensors["rng/numpy"])
+
+
+def _numpy_rng_words(rng: np.random.Generator) -> list[int]:
+    state = rng.bit_generator.state  # PCG64: 128-bit state and increment
+    words = []
+    for value in (state["state"]["state"], state["state"]["inc"]):
+        words += [(value >> shift) & 0xFFFFFFFF for shift in (96, 64, 32, 0)]
+    return words + [state["has_uint32"], state["uinteger"]]
+
+
+def _restore_numpy_rng(rng: np.random.Generator, words: torch.Tensor) -> None:
+    w = [int(x) for x in words.tolist()]
+
+    def join(part):
+        return sum(v << shift for v, shift in zip(part, (96, 64, 32, 0)))
+
+    state = rng.bit_generator.state
+    state["state"] = {"state": join(w[0:4]), "inc": join(w[4:8])}
+    state["has_uint32"], state["uinteger"] = w[8], w[9]
+    rng.bit_generator.state = state
+
+
+# ------------------------------------------------------------------------------------------ building
+def build_recipe(recipe_cls: type[Recipe], subject_dir: Path, cfg) -> Recipe:
+    """Seeds the generators, loads the subject's data at the config's size, builds the recipe."""
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise TalksplatError(f"invalid {recipe_cls.name} settings: {exc}") from exc
+    data = load_subject_data(Path(subject_dir), cfg.size, cfg.audio_feature)
+    data.require(recipe_cls.required_channels)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    return recipe_cls(data, cfg, rng)
+
+
+def restore(engine: Engine, tensors: dict, checkpoint: Path, fix: str) -> None:
+    """Loads checkpoint tensors into a freshly built engine; one-line error if they do not fit."""
+    try:
+        engine.load_state_tensors(tensors)
+    except (RuntimeError, KeyError, ValueError, IndexError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TalksplatError(f"checkpoint {checkpoint} does not fit this talksplat's {engine.recipe.name} recipe "
+                             f"({reason}); {fix}") from exc
+
+
+# ------------------------------------------------------------------------------------------ train
+def train(subject_dir: Path, recipe_cls: type[Recipe], recipe_cfg=None, trainer_cfg: TrainerConfig | None = None,
+          out_dir: Path | None = None, restart: bool = False, stop_after: int | None = None) -> dict:
+    """Trains (or resumes) ``recipe_cls`` on a prepared subject; returns the summary.
+
+    ``recipe_cfg`` None resumes with the run's saved config (or the defaults for a new run); a config
+    that differs from a resumed run's saved one is refused. ``stop_after`` ends the run after that step
+    (and its checkpoint), as an interruption would.
     """
-    from talksplat.recipes.data import load_subject_data
-
     trainer_cfg = trainer_cfg or TrainerConfig()
-    recipe_cls, cfg_cls = recipe_classes(recipe_name)
-    out_dir = Path(out_dir) if out_dir else run_dir(subject_dir, recipe_name)
-    ckpt_dir = out_dir / "checkpoints"
-    latest = latest_checkpoint(ckpt_dir) if resume else None
+    subject_dir = Path(subject_dir)
+    out_dir = Path(out_dir) if out_dir else default_run_dir(subject_dir, recipe_cls.name)
+    _check_run_folder(out_dir)
+    if restart:
+        _clear_run(out_dir)
+    latest = latest_checkpoint(out_dir / "checkpoints")
     state, start, elapsed_before, stage_scores = None, 0, 0.0, {}
     if latest is not None:
-        state, recipe_cfg, meta = load_checkpoint(latest, recipe=recipe_name, config_type=cfg_cls)
+        state, saved_cfg, meta = load_checkpoint(latest, recipe=recipe_cls.name, config_type=recipe_cls.Config)
+        check_fingerprint(meta.get("subject") or {}, subject_dir, f"`talksplat train {subject_dir} --restart`")
+        if recipe_cfg is not None and recipe_cfg != saved_cfg:
+            raise TalksplatError(_differs_message(out_dir, saved_cfg, recipe_cfg))
+        recipe_cfg = saved_cfg
         start = meta["step"] + 1
-        elapsed_before = meta["progress"].get("train_seconds", 0.0)
-        stage_scores = meta["progress"].get("stage_scores", {})
-    data = load_subject_data(Path(subject_dir), recipe_cfg.size, getattr(recipe_cfg, "audio_feature", "mel"))
-    recipe = recipe_cls(data, recipe_cfg)
+        elapsed_before = float(meta["progress"].get("train_seconds", 0.0))
+        stage_scores = dict(meta["progress"].get("stage_scores", {}))
+    recipe_cfg = recipe_cfg if recipe_cfg is not None else recipe_cls.Config()
+    recipe = build_recipe(recipe_cls, subject_dir, recipe_cfg)
+    engine = Engine(recipe)
+    if engine.total <= 0:
+        raise TalksplatError("every stage has 0 iterations: nothing to train; give at least one iteration")
     if state is not None:
-        try:
-            recipe.load_state_tensors(state)
-        except (RuntimeError, KeyError, ValueError, IndexError) as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise TalksplatError(f"checkpoint {latest} does not fit this talksplat's {recipe_name} recipe "
-                                 f"({reason}); start over with `talksplat train {subject_dir} --restart`") from exc
-        print(f"resuming {recipe_name} from {latest.name} (step {start} of {recipe.total_iterations})")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(recipe_cfg), indent=1))
-
-    eval_frames = _spread(data.val_frames, trainer_cfg.eval_frames)
-    loop = _Loop(recipe, recipe_name, recipe_cfg, trainer_cfg, out_dir, eval_frames, elapsed_before, stage_scores)
+        restore(engine, state, latest, f"start over with `talksplat train {subject_dir} --restart`")
+        if not trainer_cfg.quiet:
+            print(f"resuming {recipe.name} from {latest.name} (step {start} of {engine.total})")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(config_to_dict(recipe_cfg), indent=1))
+    except OSError as exc:
+        raise TalksplatError(f"cannot write the run folder {out_dir} ({exc.strerror or exc}); "
+                             "choose another with -o") from exc
+    eval_frames = _spread(recipe.data.val_frames, trainer_cfg.eval_frames)
+    loop = _Loop(engine, trainer_cfg, out_dir, eval_frames, elapsed_before, stage_scores)
     loop.run(start, stop_after)
     return loop.write_summary()
+
+
+def _check_run_folder(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TalksplatError(f"run folder {out_dir} is a file; choose a folder with -o")
+
+
+def _clear_run(out_dir: Path) -> None:
+    """--restart: the previous run's checkpoints, previews, log and summary go."""
+    for name in ("checkpoints", "previews"):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    for name in ("log.jsonl", "summary.json", "config.json"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _differs_message(out_dir: Path, saved, wanted) -> str:
+    diffs = differences(saved, wanted)
+    shown = ", ".join(f"{k}: run {a!r} vs asked {b!r}" for k, a, b in diffs[:4])
+    more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+    return (f"run {out_dir} was started with other settings ({shown}{more}); re-run without settings to "
+            "resume it, add --restart to start it over with the new ones, or give a new run folder with -o")
 
 
 def _spread(frames: np.ndarray, k: int) -> np.ndarray:
@@ -93,21 +283,23 @@ def _spread(frames: np.ndarray, k: int) -> np.ndarray:
 
 
 class _Loop:
-    def __init__(self, recipe, name, recipe_cfg, cfg: TrainerConfig, out_dir: Path, eval_frames, elapsed, scores):
-        self.recipe, self.name, self.recipe_cfg, self.cfg = recipe, name, recipe_cfg, cfg
+    def __init__(self, engine: Engine, cfg: TrainerConfig, out_dir: Path, eval_frames, elapsed, scores):
+        self.engine, self.recipe, self.cfg = engine, engine.recipe, cfg
         self.out_dir, self.eval_frames = out_dir, eval_frames
         self.elapsed_before, self.stage_scores = elapsed, scores
         self.step_times: list[float] = []
+        self.train_seconds = elapsed
 
     def run(self, start: int, stop_after: int | None = None) -> None:
-        total = self.recipe.total_iterations
+        total = self.engine.total
         t0 = time.perf_counter()
         last_ckpt = t0
-        bar = tqdm(range(start, total), initial=start, total=total, desc=self.name, unit="it", dynamic_ncols=True)
+        bar = tqdm(range(start, total), initial=start, total=total, desc=self.recipe.name, unit="it",
+                   dynamic_ncols=True, disable=self.cfg.quiet)
         with (self.out_dir / "log.jsonl").open("a") as log:
             for step in bar:
                 tic = time.perf_counter()
-                stats = self.recipe.train_step(step)
+                stats = self.engine.train_step(step)
                 self.step_times.append(time.perf_counter() - tic)
                 if step % self.cfg.log_every == 0:
                     bar.set_postfix(stage=stats["stage"], loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.2f}",
@@ -116,10 +308,13 @@ class _Loop:
                     log.flush()
                 if step % self.cfg.preview_every == 0 or step == total - 1:
                     self._preview(step)
-                stage_ends = step == total - 1 or self.recipe.stage(step + 1) != stats["stage"]
+                stage_ends = step == total - 1 or self.engine.stage(step + 1).name != stats["stage"]
                 if stage_ends:
-                    self.stage_scores[stats["stage"]] = self.recipe.evaluate(self.eval_frames)
-                    bar.write(f"end of {stats['stage']} stage: held-out {self.stage_scores[stats['stage']]}")
+                    self.recipe.eval()
+                    self.stage_scores[stats["stage"]] = evaluate_held_out(self.recipe, self.eval_frames)
+                    self.recipe.train()
+                    if not self.cfg.quiet:
+                        bar.write(f"end of {stats['stage']} stage: held-out {self.stage_scores[stats['stage']]}")
                 if stage_ends or time.perf_counter() - last_ckpt > self.cfg.checkpoint_every_s:
                     self._checkpoint(step, time.perf_counter() - t0)
                     last_ckpt = time.perf_counter()
@@ -128,28 +323,34 @@ class _Loop:
         self.train_seconds = self.elapsed_before + time.perf_counter() - t0
 
     def _checkpoint(self, step: int, seconds: float) -> None:
-        progress = {"train_seconds": self.elapsed_before + seconds, "stage_scores": self.stage_scores}
-        save_checkpoint(self.out_dir / "checkpoints", step, self.recipe.state_tensors(), recipe=self.name,
-                        config=self.recipe_cfg, progress=progress)
+        progress = {"train_seconds": self.elapsed_before + seconds, "stage_scores": self.stage_scores,
+                    "total_iterations": self.engine.total}
+        try:
+            save_checkpoint(self.out_dir / "checkpoints", step, self.engine.state_tensors(), recipe=self.recipe.name,
+                            config=self.recipe.cfg, progress=progress, subject=self.recipe.data.fingerprint)
+        except OSError as exc:
+            raise TalksplatError(f"cannot write a checkpoint in {self.out_dir} ({exc.strerror or exc}); free disk "
+                                 "space or choose another run folder with -o, then re-run to resume") from exc
 
     @torch.no_grad()
     def _preview(self, step: int) -> None:
         import imageio.v3 as iio
 
+        data = self.recipe.data
         t = int(self.eval_frames[len(self.eval_frames) // 2]) if len(self.eval_frames) else 0
-        deform = self.recipe.stage(step) != "static"
-        rendered = self.recipe.render(t, deform=deform)["image"].clamp(0, 1)
-        both = torch.cat([self.recipe.data.image(t), rendered], dim=1)
+        stage = self.engine.stage(step)
+        rendered = self.recipe(View(t), self.recipe.conditions(t) if stage.deform else None, stage)["image"]
+        both = torch.cat([data.image(t), rendered.clamp(0, 1)], dim=1)
         path = self.out_dir / "previews" / f"step-{step:08d}.png"
         path.parent.mkdir(exist_ok=True)
-        iio.imwrite(path, (both.numpy() * 255).round().astype(np.uint8))
+        iio.imwrite(path, to_uint8(both))
 
     def write_summary(self) -> dict:
         times = self.step_times[5:] or self.step_times  # the first steps include warm-up
-        summary = {"recipe": self.name, "train_seconds": round(self.train_seconds, 1),
-                   "iterations": self.recipe.total_iterations, "gaussians": self.recipe.num_gaussians(),
+        summary = {"recipe": self.recipe.name, "train_seconds": round(self.train_seconds, 1),
+                   "iterations": self.engine.total, "gaussians": self.recipe.num_gaussians(),
                    "ms_per_iteration_median": round(float(np.median(times)) * 1000, 1) if times else None,
                    "held_out_by_stage": self.stage_scores, "threads": torch.get_num_threads(),
-                   **getattr(self.recipe, "summary_extras", dict)()}
+                   **self.recipe.summary_extras()}
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary

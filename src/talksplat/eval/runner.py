@@ -3,8 +3,8 @@
 Two modes (docs/eval.md):
 
 - **self-reconstruction** (default): every held-out frame (the last 10% of the clip, never trained
-  on) is rendered with its own camera, audio, expression and backdrop, exactly as the recipe's
-  ``evaluate`` does, so render and ground truth are comparable pixel for pixel: image quality,
+  on) is rendered with its own camera, audio, expression and backdrop (``Avatar.render_own``, as the
+  trainer's held-out scores), so render and ground truth are comparable pixel for pixel: image quality,
   landmark distances, expression error, lip-opening agreement, lip sync, stability.
 - **cross-driven** (``audio=OTHER.wav``): the whole clip is rendered with ``Renderer.render_frames``
   (poses ping-ponged over the training frames); there is no ground truth, so only lip sync, mouth
@@ -23,14 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from talksplat.core.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from talksplat.engine.checkpoint import latest_checkpoint, read_meta
 from talksplat.errors import TalksplatError
 from talksplat.eval import metrics as M
 from talksplat.eval import signals as S
+from talksplat.render.renderer import Renderer
 
 EVAL_FORMAT = "talksplat.eval"
 EVAL_FORMAT_VERSION = 1
-SAMPLES_PER_FRAME = 640
-FPS = 25
 LABELS = {
     "sync": "talksplat A/V offset scorer (per-lag lip-shape regression, no weights; not SyncNet Sync-C / LSE-C)",
     "expression": ("expression error on the 7 landmark core coefficients (an AUE analogue; "
@@ -96,7 +97,7 @@ def default_out_dir(subject_dir: Path, audio: Path | None) -> Path:
 
 def evaluate_subject(subject_dir: Path, run_dir: Path | None = None, audio: Path | None = None,
                      out_dir: Path | None = None, config: EvalConfig | None = None,
-                     recipe: str = "talkinggaussian") -> dict:
+                     recipe: str | None = None) -> dict:
     """Evaluates the trained avatar of ``subject_dir`` and writes the report (see the module docstring).
 
     Args:
@@ -106,9 +107,6 @@ def evaluate_subject(subject_dir: Path, run_dir: Path | None = None, audio: Path
     Returns:
         the metrics dictionary also written to ``out_dir/metrics.json``.
     """
-    from talksplat.render.renderer import Renderer
-    from talksplat.train.trainer import run_dir as default_run_dir
-
     config = config or EvalConfig()
     config.validate()
     subject_dir = Path(subject_dir)
@@ -122,14 +120,14 @@ def evaluate_subject(subject_dir: Path, run_dir: Path | None = None, audio: Path
         from talksplat.eval.lpips import load_lpips
 
         lpips_model = load_lpips(Path(config.lpips_weights))
-    run = Path(run_dir) if run_dir else default_run_dir(subject_dir, recipe)
-    renderer = Renderer(subject_dir, run, recipe)
+    renderer = Renderer.open(subject_dir, recipe, run_dir)
+    run = renderer.avatar.run.run_dir
     if audio is None:
         result, clip = _self_reconstruction(renderer, config, lpips_model)
     else:
         result, clip = _cross_driven(renderer, Path(audio), config)
     result = {"format": EVAL_FORMAT, "format_version": EVAL_FORMAT_VERSION, "subject": str(subject_dir.resolve()),
-              "run": str(run.resolve()), "recipe": recipe, **result,
+              "run": str(run.resolve()), "recipe": renderer.avatar.recipe_name, **result,
               "efficiency": {**training_cost(run), **render_speed(clip.render_seconds, renderer.data.size)},
               "labels": LABELS, "config": _jsonable(asdict(config))}
     out = Path(out_dir) if out_dir else default_out_dir(subject_dir, audio)
@@ -142,15 +140,6 @@ def evaluate_subject(subject_dir: Path, run_dir: Path | None = None, audio: Path
 
 def _uint8(image: torch.Tensor) -> np.ndarray:
     return (image.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-
-
-def _head_box(labels: np.ndarray) -> tuple[slice, slice] | None:
-    from talksplat.recipes.data import HEAD_LABELS
-
-    ys, xs = np.nonzero(np.isin(labels, HEAD_LABELS))
-    if len(ys) == 0:
-        return None
-    return slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)
 
 
 def _image_scores(rendered: np.ndarray, truth: np.ndarray, cap_db: float, lpips_model) -> dict[str, float]:
@@ -173,7 +162,7 @@ def _subject_audio(renderer) -> np.ndarray:
     path = renderer.subject_dir / "audio" / "audio.wav"
     if not path.is_file():
         raise TalksplatError(f"{path} is missing; re-run `talksplat prepare` on a video with sound")
-    return load_audio(path, 16_000)
+    return load_audio(path, SAMPLE_RATE)
 
 
 def _audio_slice(samples: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -186,7 +175,7 @@ def _audio_slice(samples: np.ndarray, start: int, stop: int) -> np.ndarray:
 
 @torch.no_grad()
 def _self_reconstruction(renderer, config: EvalConfig, lpips_model) -> tuple[dict, _Clip]:
-    data, model = renderer.data, renderer.model
+    data, avatar = renderer.data, renderer.avatar
     frames = np.asarray(data.val_frames)[:config.max_frames]
     if len(frames) < M.STABILITY_MIN_FRAMES:
         raise TalksplatError(f"the subject has only {len(frames)} held-out frames; at least "
@@ -197,12 +186,12 @@ def _self_reconstruction(renderer, config: EvalConfig, lpips_model) -> tuple[dic
     with S.LandmarkTracker(config.landmark_size) as track_ours, S.LandmarkTracker(config.landmark_size) as track_gt:
         for t in _progress(frames, len(frames), "eval: rendering held-out frames", config.progress):
             tic = time.perf_counter()
-            out = model.render(int(t))
+            out = avatar.render_own(int(t))
             image = out["image"]
             seconds.append(time.perf_counter() - tic)
             rendered, truth = _uint8(image), _uint8(data.image(int(t)))
             scores = {f"{k}_full": v for k, v in _image_scores(rendered, truth, config.psnr_cap_db, lpips_model).items()}
-            box = _head_box(data.labels(int(t)).numpy())
+            box = data.head_box(int(t))
             if box is not None:
                 head = _image_scores(rendered[box], truth[box], config.psnr_cap_db, lpips_model)
                 scores["head_box_px"] = min(rendered[box].shape[:2])
@@ -238,7 +227,7 @@ def _cross_driven(renderer, audio: Path, config: EvalConfig) -> tuple[dict, _Cli
     samples = load_driving_audio(audio)
     n = num_frames_for_samples(len(samples))
     if n < M.STABILITY_MIN_FRAMES:
-        raise TalksplatError(f"{audio} is {len(samples) / 16_000:.2f} s long; at least "
+        raise TalksplatError(f"{audio} is {len(samples) / SAMPLE_RATE:.2f} s long; at least "
                              f"{M.STABILITY_MIN_FRAMES / FPS:.2f} s is needed")
     data = renderer.data
     ours, seconds = [], []
@@ -385,12 +374,10 @@ def _stability_summary(clip: _Clip, config: EvalConfig) -> dict:
 
 def training_cost(run: Path) -> dict:
     """Training wall time and iterations of a run, from its latest checkpoint (and summary.json)."""
-    from talksplat.train.checkpoint import latest_checkpoint
-
     out: dict = {"train_seconds": None, "checkpoint_step": None}
     ckpt = latest_checkpoint(Path(run) / "checkpoints")
-    if ckpt is not None and (ckpt / "meta.json").is_file():
-        meta = json.loads((ckpt / "meta.json").read_text())
+    if ckpt is not None:
+        meta = read_meta(ckpt)
         out["train_seconds"] = meta.get("progress", {}).get("train_seconds")
         out["checkpoint_step"] = meta.get("step")
         out["checkpoint"] = ckpt.name

@@ -11,6 +11,11 @@ Usage in a training loop::
         strategy.step_post_backward(params, optimizers, state, step, out.meta, image_size)
         for opt in optimizers.values(): opt.step(); opt.zero_grad()
 
+Per-Gaussian attributes that are not trained (a region label, the index of the mesh triangle a
+Gaussian is bound to, ...) travel in ``attrs``, a dict of tensors whose first dimension is the number
+of Gaussians: every op below resizes them together with the parameters, so they stay aligned (a clone
+or split child inherits its parent's values), as gsplat's strategy ops do with the caller's state.
+
 Rules (3DGS): every ``refine_every`` steps inside [refine_start, refine_stop), Gaussians whose mean
 screen-space gradient exceeds ``grow_grad2d`` are cloned (small ones) or split in two (large ones);
 Gaussians with opacity < ``prune_opacity`` or too large are removed; every ``reset_every`` steps
@@ -57,14 +62,16 @@ class DensifyStrategy:
 
     @torch.no_grad()
     def step_post_backward(self, params: nn.ParameterDict, optimizers: dict, state: DensifyState,
-                           step: int, meta: dict, image_size: tuple[int, int]) -> dict[str, int]:
-        """Accumulates statistics and, on refinement steps, grows/prunes. Returns counts of changes."""
+                           step: int, meta: dict, image_size: tuple[int, int],
+                           attrs: dict[str, Tensor] | None = None) -> dict[str, int]:
+        """Accumulates statistics and, on refinement steps, grows/prunes (``attrs`` follow their
+        Gaussians). Returns counts of changes."""
         if step >= self.refine_stop:
             return {}
         self._accumulate(state, meta, image_size, params["means"].shape[0])
         changes = {}
         if step >= self.refine_start and step % self.refine_every == 0 and step > 0:
-            changes = self._refine(params, optimizers, state)
+            changes = self._refine(params, optimizers, state, attrs)
         if step > 0 and step % self.reset_every == 0:
             reset_opacity(params, optimizers, self.reset_opacity)
         return changes
@@ -84,7 +91,7 @@ class DensifyStrategy:
         radius = meta["radii"].float().max(dim=-1).values / max(width, height)
         state.max_radius = torch.maximum(state.max_radius, radius)
 
-    def _refine(self, params, optimizers, state: DensifyState) -> dict[str, int]:
+    def _refine(self, params, optimizers, state: DensifyState, attrs: dict[str, Tensor] | None) -> dict[str, int]:
         mean_grad = state.grad2d_sum / state.count.clamp_min(1)
         scales = torch.exp(params["log_scales"]).max(dim=-1).values
         too_wide_on_screen = state.max_radius > self.prune_radius2d
@@ -95,16 +102,16 @@ class DensifyStrategy:
         n_clone, n_split = int(clone_mask.sum()), int(split_mask.sum())
         # Track the screen-size verdict through the reordering that cloning and splitting do.
         no_clones = torch.zeros(n_clone, dtype=torch.bool)
-        duplicate(params, optimizers, clone_mask)
+        duplicate(params, optimizers, clone_mask, attrs)
         split_mask = torch.cat([split_mask, no_clones])
         too_wide_on_screen = torch.cat([too_wide_on_screen, no_clones])
-        split(params, optimizers, split_mask)
+        split(params, optimizers, split_mask, attrs=attrs)
         too_wide_on_screen = torch.cat([too_wide_on_screen[~split_mask], torch.zeros(2 * n_split, dtype=torch.bool)])
         opacities = torch.sigmoid(params["opacity_logits"])
         scales = torch.exp(params["log_scales"]).max(dim=-1).values
         prune = (opacities < self.prune_opacity) | (scales > self.prune_scale3d * self.scene_extent)
         prune |= too_wide_on_screen
-        remove(params, optimizers, prune)
+        remove(params, optimizers, prune, attrs)
         n = params["means"].shape[0]
         state.grad2d_sum, state.count, state.max_radius = torch.zeros(n), torch.zeros(n), torch.zeros(n)
         return {"cloned": n_clone, "split": n_split, "pruned": int(prune.sum()), "total": n}
@@ -135,16 +142,24 @@ def _update_param(params: nn.ParameterDict, optimizers: dict, name: str, fn_para
     params[name] = new
 
 
-def duplicate(params: nn.ParameterDict, optimizers: dict, mask: Tensor) -> None:
+def _resize_attrs(attrs: dict[str, Tensor] | None, fn) -> None:
+    """Applies the same row operation to every per-Gaussian attribute (in place in the dict)."""
+    for name in list(attrs or ()):
+        attrs[name] = fn(attrs[name])
+
+
+def duplicate(params: nn.ParameterDict, optimizers: dict, mask: Tensor, attrs: dict[str, Tensor] | None = None) -> None:
     """Appends copies of the masked Gaussians (fresh optimizer moments for the copies)."""
     if not mask.any():
         return
+    _resize_attrs(attrs, lambda a: torch.cat([a, a[mask]]))
     for name in list(params.keys()):
         _update_param(params, optimizers, name, lambda p: torch.cat([p, p[mask]]),
                       lambda s: torch.cat([s, torch.zeros_like(s[mask])]))
 
 
-def split(params: nn.ParameterDict, optimizers: dict, mask: Tensor, factor: float = 1.6) -> None:
+def split(params: nn.ParameterDict, optimizers: dict, mask: Tensor, factor: float = 1.6,
+          attrs: dict[str, Tensor] | None = None) -> None:
     """Replaces each masked Gaussian by two smaller ones sampled inside it (3DGS: scale / 1.6)."""
     if not mask.any():
         return
@@ -156,6 +171,7 @@ def split(params: nn.ParameterDict, optimizers: dict, mask: Tensor, factor: floa
         "log_scales": (params["log_scales"][mask] - math.log(factor)).repeat(2, 1),
     }
     keep = ~mask
+    _resize_attrs(attrs, lambda a: torch.cat([a[keep], a[mask].repeat(2, *([1] * (a.ndim - 1)))]))
     for name in list(params.keys()):
         def rebuild(p, name=name):
             added = new_values.get(name, p[mask].repeat(2, *([1] * (p.ndim - 1))))
@@ -165,10 +181,11 @@ def split(params: nn.ParameterDict, optimizers: dict, mask: Tensor, factor: floa
                       lambda s: torch.cat([s[keep], torch.zeros_like(s[mask]).repeat(2, *([1] * (s.ndim - 1)))]))
 
 
-def remove(params: nn.ParameterDict, optimizers: dict, mask: Tensor) -> None:
+def remove(params: nn.ParameterDict, optimizers: dict, mask: Tensor, attrs: dict[str, Tensor] | None = None) -> None:
     if not mask.any():
         return
     keep = ~mask
+    _resize_attrs(attrs, lambda a: a[keep])
     for name in list(params.keys()):
         _update_param(params, optimizers, name, lambda p: p[keep], lambda s: s[keep])
 

@@ -5,7 +5,7 @@ of both branches -> rasterize -> fuse -> composite over the backdrop (plate + to
 matching source frame) -> paste back into the source frame at full resolution with a feathered
 mask -> H.264 with the driving audio muxed (written atomically).
 
-    renderer = Renderer(subject_dir)                      # loads the latest checkpoint once
+    renderer = Renderer.open(subject_dir)                 # loads the latest checkpoint once
     for frame in renderer.render_frames(samples):         # whole clip, frames yielded lazily
         ...
     stream = renderer.stream(RenderOptions())             # incremental audio, bounded latency
@@ -28,7 +28,10 @@ from typing import Literal
 import numpy as np
 import torch
 
+from talksplat.core.constants import FPS, SAMPLE_RATE
+from talksplat.engine.avatar import Avatar
 from talksplat.errors import TalksplatError
+from talksplat.recipes import load_avatar
 from talksplat.render.seam import FEATHER_SIGMA_FRACTION, Box, SeamMeter, feather_mask, paste
 from talksplat.render.stream import RenderStream, output_frame_count, streaming_feature
 
@@ -38,8 +41,6 @@ __all__ = ["FEATHER_SIGMA_FRACTION", "MAX_AUDIO_SECONDS", "RenderOptions", "Rend
 PoseSource = Literal["loop", "still", "range"]
 ExpressionSource = Literal["video", "neutral"]
 MAX_AUDIO_SECONDS = 600.0   # longer audio is refused before it is decoded: split it into parts
-FPS = 25
-SAMPLE_RATE = 16_000
 
 
 @dataclass
@@ -86,45 +87,28 @@ class StageTimer:
 
 
 class Renderer:
-    """Load a trained run once, then render frames for any audio."""
+    """Renders an :class:`~talksplat.engine.avatar.Avatar` for any audio (whole clips or streamed).
 
-    def __init__(self, subject_dir: Path, run_dir: Path | None = None, recipe: str = "talkinggaussian") -> None:
-        from talksplat.recipes.data import load_subject_data
-        from talksplat.train.checkpoint import latest_checkpoint, load_checkpoint
-        from talksplat.train.trainer import recipe_classes
-        from talksplat.train.trainer import run_dir as default_run_dir
+    ``Renderer.open(path)`` loads the newest checkpoint of a subject's run (or of a run folder) once;
+    ``Renderer(avatar)`` wraps an avatar that is already loaded (several renderers, e.g. one per
+    streaming session, can share one avatar's weights)."""
 
-        self.subject_dir = Path(subject_dir)
-        if not self.subject_dir.is_dir():
-            raise TalksplatError(f"subject folder {self.subject_dir} does not exist (or is not a folder)")
-        if not (self.subject_dir / "subject.json").is_file():
-            raise TalksplatError(f"{self.subject_dir} is not a prepared subject (no subject.json); run "
-                                 f"`talksplat prepare VIDEO -o {self.subject_dir}` and `talksplat train` first")
-        run = Path(run_dir) if run_dir else default_run_dir(self.subject_dir, recipe)
-        ckpt = latest_checkpoint(run / "checkpoints")
-        if ckpt is None:
-            raise TalksplatError(f"no trained model in {run}; run `talksplat train {self.subject_dir}` first")
-        recipe_cls, cfg_cls = recipe_classes(recipe)
-        tensors, cfg, meta = load_checkpoint(ckpt, recipe=recipe, config_type=cfg_cls)
-        self.data = load_subject_data(self.subject_dir, cfg.size, cfg.audio_feature)
-        try:
-            self.model = recipe_cls(self.data, cfg)
-            self.model.load_state_tensors(tensors)
-        except TalksplatError:
-            raise
-        except (RuntimeError, KeyError, ValueError, IndexError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TalksplatError(f"checkpoint {ckpt} does not fit this talksplat's {recipe} recipe ({first_line}); "
-                                 f"retrain with `talksplat train {self.subject_dir} --restart`") from exc
-        self.model.eval()
-        self.cfg = cfg
-        self.checkpoint = ckpt
-        self.checkpoint_step = meta.get("step")
+    def __init__(self, avatar: Avatar) -> None:
+        self.avatar = avatar
+        self.conditioner = avatar.conditioner
+        self.data = avatar.subject
+        self.subject_dir = avatar.subject_dir
+        self.size = avatar.size
+        self.checkpoint_step = avatar.checkpoint_step
         self.crop = json.loads((self.subject_dir / "crop.json").read_text())
         self.box = Box.from_crop(self.crop)
-        self.neutral_expression = self.data.expressions[self.data.train_frames].median(dim=0).values
         self.timer: StageTimer | None = None
         self._source_frames = None
+
+    @classmethod
+    def open(cls, path: Path, recipe: str | None = None, run: Path | None = None) -> Renderer:
+        """Loads the avatar of ``path`` (a prepared subject, or a run folder; see ``recipes.load_avatar``)."""
+        return cls(load_avatar(Path(path), recipe, run))
 
     # ---------------------------------------------------------------------------------- options
     def check_options(self, options: RenderOptions | None) -> RenderOptions:
@@ -132,8 +116,9 @@ class Renderer:
         options = options or RenderOptions()
         if options.pose not in ("loop", "still", "range"):
             raise TalksplatError(f"pose must be loop, still or range (got {options.pose!r})")
-        if options.expression not in ("video", "neutral"):
-            raise TalksplatError(f"expression must be video or neutral (got {options.expression!r})")
+        modes = self.conditioner.expression_modes
+        if options.expression not in modes:
+            raise TalksplatError(f"expression must be one of {', '.join(modes)} for this avatar (got {options.expression!r})")
         if options.pose == "range" and options.pose_range is None:
             raise TalksplatError("pose 'range' needs a frame range: --pose-range START:END")
         if options.pose_range is not None:
@@ -161,38 +146,27 @@ class Renderer:
         if options.full_frame:
             frames = self.source_frames
             return frames.width, frames.height
-        return self.cfg.size, self.cfg.size
+        return self.size, self.size
 
     # ---------------------------------------------------------------------------------- audio
     def audio_windows(self, samples: np.ndarray, n_frames: int | None = None) -> torch.Tensor:
-        """The subject's audio feature of a whole clip, (n_frames, *frame_shape)."""
+        """The avatar's audio feature of a whole clip, (n_frames, *frame_shape)."""
         from talksplat.features.audio import AudioFeatures
 
         n_frames = output_frame_count(len(samples)) if n_frames is None else n_frames
-        feats = AudioFeatures(self.cfg.audio_feature).compute_samples(samples, n_frames)
+        feats = AudioFeatures(self.conditioner.audio_feature).compute_samples(samples, n_frames)
         feats = feats[:, None, :] if feats.ndim == 2 else feats
         return torch.from_numpy(np.ascontiguousarray(feats)).float()
 
     def audio_window_extent(self) -> tuple[int, int]:
-        """(frames before, frames after) whose audio windows the code of one frame attends to."""
-        size = getattr(getattr(self.model.audio, "config", None), "smoothing_frames", None)
-        if not isinstance(size, int) or size < 1:
-            raise TalksplatError("this model's audio encoder does not declare its temporal window "
-                                 "(config.smoothing_frames), so it cannot be streamed")
-        try:
-            from talksplat.fields.motion import temporal_window
-        except ImportError:   # the convention it documents: frames t - size//2 .. t - size//2 + size - 1
-            half = size // 2
-            return half, size - half - 1
-        probe = 1_000_000
-        idx = temporal_window(probe, 2 * probe, size)
-        return probe - int(idx.min()), int(idx.max()) - probe
+        """(frames before, frames after) whose audio windows the conditions of one frame depend on."""
+        return self.conditioner.look_behind, self.conditioner.look_ahead
 
     # ---------------------------------------------------------------------------------- frames
     def stream(self, options: RenderOptions | None = None, seam_meter: SeamMeter | None = None) -> RenderStream:
         """A :class:`RenderStream` for incremental audio (TalksplatError if the feature cannot stream)."""
         options = self.check_options(options)
-        feature = streaming_feature(self.cfg.audio_feature)
+        feature = streaming_feature(self.conditioner.audio_feature)
         expected = tuple(self.data.audio.shape[1:])
         if tuple(feature.frame_shape) != expected:
             raise TalksplatError(f"the streaming {feature.name} feature has shape {feature.frame_shape} but the "
@@ -228,10 +202,9 @@ class Renderer:
         """Output frame ``i``; ``windows[window_index]`` is its audio window, with its neighbours around."""
         src = self.source_index(i, options)
         with self.stage("audio_encoder"):
-            code = self.model.audio(windows, window_index)
-        expression = self.data.expressions[src] if options.expression == "video" else self.neutral_expression
+            conditions = self.conditioner.conditions(windows, window_index, src, options.expression)
         with self.stage("render"):
-            out = self.model.render(src, audio_code=code, expression=expression)
+            out = self.avatar.render(src, conditions)
             frame = out["image"].mul(255.0).clamp_(0.0, 255.0).round_().to(torch.uint8).numpy()
         if options.full_frame:
             frame = self.paste_back(frame, out["alpha"].numpy()[..., 0], src, seam_meter)
@@ -340,10 +313,12 @@ def load_driving_audio(audio_path: Path, max_seconds: float | None = None) -> np
 
 
 def render_video(renderer: Renderer, audio_path: Path, out_path: Path, options: RenderOptions | None = None,
-                 *, max_seconds: float | None = None, progress: bool = True, preset: str = "medium") -> dict:
+                 *, max_seconds: float | None = None, progress: bool = True, preset: str = "medium",
+                 samples: np.ndarray | None = None) -> dict:
     """Renders ``audio_path`` to an H.264 MP4 (yuv420p, 25 fps, the audio muxed and fitted to the frames),
     written atomically: on any error or interruption nothing appears at ``out_path`` (an existing file
-    there is left as it was). Returns a summary (with the seam statistic for full-frame output)."""
+    there is left as it was). Returns a summary (with the seam statistic for full-frame output).
+    ``samples``: the audio already decoded by :func:`load_driving_audio` (not decoded again)."""
     import av
     from tqdm import tqdm
 
@@ -353,7 +328,7 @@ def render_video(renderer: Renderer, audio_path: Path, out_path: Path, options: 
     audio_path, out_path = Path(audio_path), Path(out_path)
     check_output_path(out_path)
     options = renderer.check_options(options)
-    samples = load_driving_audio(audio_path, max_seconds)
+    samples = load_driving_audio(audio_path, max_seconds) if samples is None else samples
     n_frames = output_frame_count(len(samples))
     muxed = fit_to_frames(samples, n_frames)      # exactly the frames' length: A/V end together
     width, height = renderer.output_size(options)

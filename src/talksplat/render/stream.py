@@ -26,7 +26,7 @@ renders them from the whole clip.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -45,9 +45,16 @@ from talksplat.features.audio import (
     num_frames_for_samples,
 )
 
-if TYPE_CHECKING:
-    from talksplat.render.renderer import Renderer, RenderOptions
-    from talksplat.render.seam import SeamMeter
+
+class FrameSource(Protocol):
+    """What a stream renders through (``render.renderer.Renderer``)."""
+
+    def audio_window_extent(self) -> tuple[int, int]: ...
+
+    def render_frame(self, i: int, windows: torch.Tensor, window_index: int, options: Any,
+                     seam_meter: Any = None) -> np.ndarray: ...
+
+    def stage(self, name: str) -> Any: ...
 
 # Why each non-streamable feature kind cannot stream (see the module docstring).
 NOT_STREAMABLE = {
@@ -130,8 +137,8 @@ class RenderStream:
     stream keeps only the audio and feature windows that later frames still need.
     """
 
-    def __init__(self, renderer: Renderer, options: RenderOptions, feature: StreamingFeature,
-                 seam_meter: SeamMeter | None = None) -> None:
+    def __init__(self, renderer: FrameSource, options: Any, feature: StreamingFeature,
+                 seam_meter: Any = None) -> None:
         self.renderer = renderer
         self.options = options
         self.feature = feature

@@ -1,0 +1,118 @@
+"""The Avatar: a trained run loaded for inference. ``render``, ``eval``, ``RenderStream`` and the
+server use only this interface, whatever the recipe.
+
+    avatar = load_avatar(path, RECIPES)            # talksplat.recipes.load_avatar(path) does this
+    cond = avatar.conditioner                      # audio windows -> per-frame conditions
+    c = cond.conditions(windows, i, source_frame, "video")
+    out = avatar.render(source_frame, c)           # image, alpha, head: (H, W, .) float tensors
+
+The weights are loaded once and only read (``torch.no_grad``); everything that changes while a clip
+streams (audio buffers, feature windows, frame counters) lives in the stream, so one process can
+stream several sessions from one Avatar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from talksplat.data.subject import SubjectData
+from talksplat.engine.checkpoint import latest_checkpoint, load_checkpoint, read_meta
+from talksplat.engine.contract import Conditioner, Conditions, Recipe, View
+from talksplat.engine.runs import check_fingerprint, resolve_run
+from talksplat.engine.trainer import Engine, build_recipe, restore
+from talksplat.errors import TalksplatError
+
+
+@dataclass
+class RunInfo:
+    subject_dir: Path
+    run_dir: Path
+    checkpoint: Path
+    step: int
+    recipe: str
+
+
+class Avatar:
+    def __init__(self, recipe: Recipe, run: RunInfo) -> None:
+        recipe.eval()
+        self.recipe = recipe
+        self.run = run
+        self.conditioner: Conditioner = recipe.conditioner()
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def name(self) -> str:
+        return self.run.subject_dir.name
+
+    @property
+    def recipe_name(self) -> str:
+        return self.recipe.name
+
+    @property
+    def config(self):
+        return self.recipe.cfg
+
+    @property
+    def size(self) -> int:
+        return int(self.recipe.cfg.size)
+
+    @property
+    def subject(self) -> SubjectData:
+        """The prepared subject: source frames for poses and backdrops, ground truth for evaluation."""
+        return self.recipe.data
+
+    @property
+    def subject_dir(self) -> Path:
+        return self.run.subject_dir
+
+    @property
+    def checkpoint_step(self) -> int:
+        return self.run.step
+
+    def num_gaussians(self) -> int:
+        return self.recipe.num_gaussians()
+
+    # ------------------------------------------------------------------ rendering
+    @torch.no_grad()
+    def render(self, source_frame: int, conditions: Conditions | None, backdrop: torch.Tensor | None = None) -> dict:
+        """One frame posed like ``source_frame`` with ``conditions`` (None = undeformed), after the
+        recipe's post-render stages: ``image`` (H, W, 3), ``alpha`` (H, W, 1), ``head`` (premultiplied)."""
+        out = self.recipe.forward(View(int(source_frame), backdrop=backdrop), conditions)
+        return self.recipe.post_render(int(source_frame), out)
+
+    @torch.no_grad()
+    def render_own(self, frame: int) -> dict:
+        """Frame ``frame`` from the subject's own audio and expressions (self-reconstruction)."""
+        return self.recipe.render_own(int(frame))
+
+    def neutral_source_frames(self) -> np.ndarray:
+        return np.asarray(self.subject.train_frames)
+
+
+def load_avatar(path: Path, recipes: Mapping[str, type[Recipe]], recipe: str | None = None,
+                run: Path | None = None) -> Avatar:
+    """Loads the newest checkpoint of the run ``path`` means (see ``runs.resolve_run``) into its recipe
+    (weights only: the optimizer moments stay on disk)."""
+    subject_dir, run_dir = resolve_run(Path(path), recipe, run)
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if ckpt is None:
+        raise TalksplatError(f"no trained model in {run_dir}; run `talksplat train {subject_dir}` first")
+    name = read_meta(ckpt)["recipe"]
+    if recipe is not None and name != recipe:
+        raise TalksplatError(f"run {run_dir} was trained with recipe {name!r}, not {recipe!r}; pass --recipe {name}")
+    if name not in recipes:
+        raise TalksplatError(f"run {run_dir} was trained with recipe {name!r}, which this talksplat does not have "
+                             f"({', '.join(sorted(recipes))}); use the talksplat version that trained it")
+    recipe_cls = recipes[name]
+    tensors, cfg, meta = load_checkpoint(ckpt, recipe=name, config_type=recipe_cls.Config)
+    fix = f"retrain with `talksplat train {subject_dir} --recipe {name} --restart`"
+    check_fingerprint(meta.get("subject") or {}, subject_dir, fix)
+    engine = Engine(build_recipe(recipe_cls, subject_dir, cfg))
+    weights = {k: v for k, v in tensors.items() if "/adam/" not in k and not k.startswith("optim/")}
+    restore(engine, weights, ckpt, fix)
+    return Avatar(engine.recipe, RunInfo(subject_dir, run_dir, ckpt, int(meta["step"]), name))
