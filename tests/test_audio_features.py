@@ -207,8 +207,10 @@ def test_unreadable_file(tmp_path):
     bad.write_bytes(b"this is not audio at all" * 10)
     with pytest.raises(TalksplatError, match="cannot"):
         AudioFeatures("mel").compute(bad)
-    with pytest.raises(TalksplatError, match="not found"):
+    with pytest.raises(TalksplatError, match="no such file"):
         AudioFeatures("mel").compute(tmp_path / "missing.wav")
+    with pytest.raises(TalksplatError, match="is a folder"):
+        AudioFeatures("mel").compute(tmp_path)
 
 
 def test_empty_silent_and_short_audio(tmp_path):

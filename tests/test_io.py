@@ -150,6 +150,14 @@ def test_missing_files_are_user_errors(tmp_path):
         read_video(bad)
 
 
+def test_a_folder_is_named_as_a_folder_not_a_missing_file(tmp_path):
+    for load, kind in ((load_audio, "audio"), (probe_video, "video")):
+        with pytest.raises(TalksplatError, match=f"is a folder; give the {kind} file itself"):
+            load(tmp_path)
+    with pytest.raises(TalksplatError, match="no such file"):
+        load_audio(tmp_path / "nope.wav")
+
+
 def test_video_without_audio_is_a_user_error_for_load_audio(tmp_path):
     path = write_video(tmp_path / "silent.mp4", _frames(3))
     with pytest.raises(TalksplatError, match="no audio"):

@@ -180,10 +180,68 @@ def test_truncated_file(synth, tmp_path, capsys):
     cut.write_bytes(data[: len(data) // 2])
     err = _error(capsys, cut, "-o", tmp_path / "o")
     assert "truncated" in err or "not a readable video" in err
+    assert not (tmp_path / "o").exists()          # no orphan media/full.mp4, no empty folders
 
 
 def test_missing_file(tmp_path, capsys):
     assert "no such file" in _error(capsys, tmp_path / "nope.mp4", "-o", tmp_path / "o")
+
+
+def test_a_folder_as_the_video(tmp_path, capsys):
+    assert f"{tmp_path} is a folder; give the video file itself" in _error(capsys, tmp_path, "-o", tmp_path / "o")
+
+
+def test_unwritable_output_folder(synth, tmp_path, capsys, monkeypatch):
+    from talksplat.prepare import guards
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    # Simulated: the tests may run as root, for whom a read-only mode bit does not stop writes.
+    monkeypatch.setattr(guards.tempfile, "TemporaryFile", refuse)
+    err = _error(capsys, synth.video, "-o", tmp_path / "ro")
+    assert err.endswith(f"cannot write to the subject folder {tmp_path / 'ro'} (Permission denied); "
+                        "choose a folder you can write to")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert "exists and is not a folder" in _error(capsys, synth.video, "-o", blocker)
+
+
+def test_read_only_output_folder(synth, tmp_path, capsys):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    assert "cannot write to the subject folder" in _error(capsys, synth.video, "-o", ro)
+
+
+def test_other_video_into_a_trained_subject_is_refused(synth, tmp_path, capsys):
+    from talksplat.prepare.guards import refuse_other_video_over_runs
+    from talksplat.prepare.runner import file_sha256
+
+    root = tmp_path / "trained"
+    (root / "runs" / "talkinggaussian").mkdir(parents=True)
+    subject_json = {"source": {"sha256": "0" * 64, "name": "old.mp4"}}
+    (root / L.SUBJECT_JSON).write_text(json.dumps(subject_json))
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    err = _error(capsys, synth.video, "-o", root)
+    assert "has trained runs from another video" in err and "--force" in err
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before     # nothing written
+    refuse_other_video_over_runs(root, "0" * 64, force=False)                  # same video: resumes
+    refuse_other_video_over_runs(root, file_sha256(synth.video), force=True)   # --force: replaces
+    (root / "runs" / "talkinggaussian").rmdir()
+    refuse_other_video_over_runs(root, file_sha256(synth.video), force=False)  # no runs: nothing to lose
+
+
+def test_a_warning_is_printed_once_on_stderr(capsys, recwarn):
+    from talksplat.prepare.guards import warn
+
+    warn("the focal length is poorly determined")
+    out, err = capsys.readouterr()
+    assert out == "" and err == "warning: the focal length is poorly determined\n"
+    assert len(recwarn) == 0                       # not also through the warnings module
 
 
 @pytest.mark.shared_data

@@ -196,7 +196,8 @@ def test_cli_synth_with_audio_file_takes_its_length(tmp_path):
     assert gt["config"]["audio"] == "speech.wav"
 
 
-@pytest.mark.parametrize("args, message", [(["--size", "63"], "even"), (["--audio", "/no/such.wav"], "no such file")])
+@pytest.mark.parametrize("args, message", [(["--size", "63"], "even"), (["--audio", "/no/such.wav"], "no such file"),
+                                           (["--audio", "/"], "--audio / is a folder")])
 def test_cli_synth_user_errors(tmp_path, capsys, args, message):
     assert main(["synth", str(tmp_path / "x"), "--quiet", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()

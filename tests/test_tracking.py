@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -174,3 +178,29 @@ def test_runner_skips_valid_and_redoes_corrupt(tmp_path):
     with pytest.raises(RuntimeError):
         StepRunner(tmp_path, "other-source").run(Step("a", 1, boom, ["out.txt"], [], {"k": 3}))
     assert not (tmp_path / ".steps" / "a.json").exists()       # no stale marker after a crash
+
+
+def test_native_stderr_silenced_drops_descriptor_writes_only_inside(capfd):
+    from talksplat.tracking.native_log import native_stderr_silenced
+
+    with native_stderr_silenced():
+        os.write(2, b"W0000 native noise\n")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"
+
+
+def test_mediapipe_native_log_lines_do_not_reach_stderr():
+    # In a fresh process: MediaPipe logs its "INFO: Created TensorFlow Lite XNNPACK delegate" and
+    # "W0000 ... inference_feedback_manager.cc" lines once per process, from native threads, to fd 2.
+    code = ("import numpy as np\n"
+            "from talksplat.tracking.facemesh import FaceMeshTracker\n"
+            "from talksplat.tracking.masks import PersonSegmenter\n"
+            "img = np.full((96, 96, 3), 120, np.uint8)\n"
+            "with FaceMeshTracker() as t, PersonSegmenter() as s:\n"
+            "    t.process(img); s(img)\n"
+            "print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-500:]
+    noise = [line for line in result.stderr.splitlines()
+             if re.match(r"(INFO|WARNING): |[IWE]\d{4} ", line)]
+    assert not noise, noise

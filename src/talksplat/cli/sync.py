@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from talksplat.errors import TalksplatError
+from talksplat.io.paths import require_file
 
 
 def register(subparsers) -> None:
@@ -42,8 +43,7 @@ def _load_clips(args: argparse.Namespace) -> list[tuple[str, object, object]]:
         raise TalksplatError("give one --audio for each --landmarks")
     inputs = []
     for video in args.video:
-        if not video.is_file():
-            raise TalksplatError(f"--video {video}: no such file")
+        require_file(video, "video", "--video ")
         inputs.append((video.stem, track_video_lips(video, progress=not args.quiet), load_audio_16k(video)))
     for subject in args.subject:
         inputs.append((subject.name, *prepared_lips_audio(subject)))
@@ -57,8 +57,7 @@ def _load_clips(args: argparse.Namespace) -> list[tuple[str, object, object]]:
 def _load_npy(path: Path):
     import numpy as np
 
-    if not path.is_file():
-        raise TalksplatError(f"{path}: no such file")
+    require_file(path, "landmarks (.npy)", "--landmarks ")
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as exc:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from talksplat.errors import TalksplatError
+from talksplat.io.paths import require_file
 
 
 def register(subparsers) -> None:
@@ -35,8 +36,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from talksplat.synthetic import SynthConfig, generate
 
-    if args.audio is not None and not args.audio.is_file():
-        raise TalksplatError(f"--audio {args.audio}: no such file")
+    if args.audio is not None:
+        require_file(args.audio, "audio", "--audio ")
     if args.seed < 0:
         raise TalksplatError("--seed must be >= 0")
     if not 0 <= args.crf <= 51:

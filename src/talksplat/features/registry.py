@@ -39,6 +39,7 @@ from talksplat.features.audio import (
     write_cached,
 )
 from talksplat.features.phones import NUM_PHONES, phone_posteriors, phone_step_posteriors
+from talksplat.io.paths import require_file
 
 # ----------------------------------------------------------------------------------------------------
 # Default features for `prepare`
@@ -55,9 +56,7 @@ def compute_default_features(audio_path: Path, n_frames: int, out_dir: Path) -> 
     Returns:
         {"mel": path, "phones": path}
     """
-    audio_path, out_dir = Path(audio_path), Path(out_dir)
-    if not audio_path.is_file():
-        raise TalksplatError(f"audio file not found: {audio_path}")
+    audio_path, out_dir = require_file(audio_path, "audio"), Path(out_dir)
     if n_frames <= 0:
         raise TalksplatError(f"n_frames must be positive (got {n_frames})")
     digest = file_digest(audio_path)
@@ -175,9 +174,7 @@ class AudioFeatures:
         Returns:
             (n_frames, *frame_shape) float32; n_frames defaults to the audio's frame count.
         """
-        audio_path = Path(audio_path)
-        if not audio_path.is_file():
-            raise TalksplatError(f"audio file not found: {audio_path}")
+        audio_path = require_file(audio_path, "audio")
         if self.cache_dir is None:
             return self.compute_samples(load_audio_16k(audio_path), n_frames)
         digest = file_digest(audio_path)

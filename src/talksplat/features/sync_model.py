@@ -39,6 +39,7 @@ from talksplat.core.landmarks import LIP_POINTS
 from talksplat.errors import TalksplatError
 from talksplat.features.audio import FPS, MEL_BANDS, WINDOW_STEPS, fit_to_frames, load_audio_16k, mel_windows
 from talksplat.features.sync_offset import MAX_SHIFT, normalise_lip_shapes
+from talksplat.io.paths import require_file
 
 LIP_INDICES = LIP_POINTS                       # the 40 MediaPipe lip points, in this order
 VISUAL_WINDOW = 5                              # frames of lips per visual input (SyncTalk++: 5)
@@ -106,9 +107,7 @@ def make_clip(landmarks: np.ndarray, audio: np.ndarray, name: str = "clip") -> S
 def clip_from_files(landmarks_path: str | Path, audio_path: str | Path, name: str | None = None) -> SyncClip:
     """A clip from a landmarks ``.npy`` ((T, 478, 2|3) FaceMesh pixels or (T, 40, 2) lips, 25 fps)
     and an audio/video file (its audio track)."""
-    landmarks_path = Path(landmarks_path)
-    if not landmarks_path.is_file():
-        raise TalksplatError(f"landmarks file not found: {landmarks_path}")
+    landmarks_path = require_file(landmarks_path, "landmarks (.npy)")
     landmarks = np.load(landmarks_path, allow_pickle=False)
     return make_clip(landmarks, load_audio_16k(audio_path), name or landmarks_path.stem)
 

@@ -12,6 +12,7 @@ import numpy as np
 from talksplat.core.constants import SAMPLE_RATE
 from talksplat.errors import TalksplatError
 from talksplat.io.atomic import atomic_path
+from talksplat.io.paths import require_file
 
 DEFAULT_SAMPLE_RATE = SAMPLE_RATE   # what every audio feature expects
 
@@ -23,9 +24,7 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int = DEFAULT_SAMPLE_R
     Returns:
         samples: (N,) float32 in [-1, 1]; N ~= duration * sample_rate. Channels are averaged.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise TalksplatError(f"audio file not found: {path}")
+    path = require_file(path, "audio")
     try:
         container = av.open(str(path))
     except av.FFmpegError as exc:

@@ -17,6 +17,7 @@ import numpy as np
 from talksplat.core.constants import FPS, SAMPLE_RATE
 from talksplat.errors import TalksplatError
 from talksplat.io.atomic import atomic_path
+from talksplat.io.paths import require_file
 
 _AAC_FRAME = 1024
 
@@ -37,9 +38,7 @@ class VideoInfo:
 
 
 def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
-    path = Path(path)
-    if not path.is_file():
-        raise TalksplatError(f"video file not found: {path}")
+    path = require_file(path, "video")
     try:
         return av.open(str(path))
     except av.FFmpegError as exc:

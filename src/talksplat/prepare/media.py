@@ -16,6 +16,7 @@ import numpy as np
 from talksplat.core.constants import SAMPLE_RATE
 from talksplat.errors import TalksplatError
 from talksplat.io import VideoWriter, load_audio, probe_video
+from talksplat.io.paths import require_file
 from talksplat.io.video import iter_frames
 from talksplat.prepare.config import PrepareConfig
 
@@ -27,8 +28,7 @@ FULL_VIDEO_PRESET = "veryfast"
 
 def check_input(video: Path, cfg: PrepareConfig):
     """Probe ``video`` and refuse what the pipeline cannot use, with a one-line reason and fix."""
-    if not video.is_file():
-        raise TalksplatError(f"{video}: no such file")
+    require_file(video, "video")
     try:
         info = probe_video(video)
     except TalksplatError as exc:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,12 @@ from talksplat.io.atomic import atomic_path
 from talksplat.io.video import iter_frames
 from talksplat.prepare import layout as L
 from talksplat.prepare.config import PrepareConfig
+from talksplat.prepare.guards import (
+    prepare_output_folder,
+    refuse_other_video_over_runs,
+    remove_empty_folders,
+    warn,
+)
 from talksplat.prepare.media import check_input, check_truncation, extract_audio, resample_and_store
 from talksplat.prepare.runner import Step, StepRunner, file_sha256, write_json_atomic
 
@@ -82,6 +87,16 @@ def _load_json(runner: StepRunner, rel: str) -> dict:
 # 1. media
 def _step_media(video: Path, cfg: PrepareConfig, header, quiet: bool) -> Callable[[StepRunner], dict]:
     def run(runner: StepRunner) -> dict:
+        try:
+            return store(runner)
+        except BaseException:
+            # media/full.mp4 is complete before the truncation and length checks can refuse the input:
+            # a refused input must not leave it (or the audio) behind.
+            for rel in _media_outputs(cfg):
+                runner.path(rel).unlink(missing_ok=True)
+            raise
+
+    def store(runner: StepRunner) -> dict:
         est = max(int(header.duration * cfg.fps), 1)
         with _bar(est, "media", quiet) as bar:
             res = resample_and_store(video, runner.path(L.MEDIA_VIDEO), cfg.fps, cfg.full_video_crf, bar.update)
@@ -491,17 +506,12 @@ def prepare(video: str | Path, subject_dir: str | Path, cfg: PrepareConfig | Non
     cfg.validate()
     video, root = Path(video), Path(subject_dir)
     log = log or (lambda msg: None if quiet else print(msg))
-
-    def warn(msg: str) -> None:
-        warnings.warn(msg, stacklevel=2)
-        print(f"warning: {msg}")
-
     header = check_input(video, cfg)
-    if root.exists() and not root.is_dir():
-        raise TalksplatError(f"{root} exists and is not a folder")
-    root.mkdir(parents=True, exist_ok=True)
+    source_hash = file_sha256(video)
+    refuse_other_video_over_runs(root, source_hash, force)
+    created = prepare_output_folder(root)
     start = time.perf_counter()
-    runner = StepRunner(root, file_sha256(video), log=log)
+    runner = StepRunner(root, source_hash, log=log)
     audio_outputs: list[str] = [L.AUDIO_WAV, L.AUDIO_JSON]
     compute, estimate = _features_api()
     steps = [
@@ -528,8 +538,13 @@ def prepare(video: str | Path, subject_dir: str | Path, cfg: PrepareConfig | Non
         Step("report", STEP_VERSIONS["report"], _step_report(cfg, quiet), [L.CONTACT_SHEET, L.CURVES, L.SUMMARY],
              [s.name for s in steps] + ["split"]),
     ]
-    for step in steps:
-        runner.run(step, force=force)
+    try:
+        for step in steps:
+            runner.run(step, force=force)
+    except BaseException:
+        if created:                     # a refused first run leaves no empty subject folder behind
+            remove_empty_folders(root)
+        raise
     _write_subject_json(runner, cfg, video)
     summary = json.loads(runner.path(L.SUMMARY).read_text())
     return PrepareResult(root, runner.info["media"]["n_frames"], summary, runner.ran, runner.skipped,

@@ -24,6 +24,7 @@ from talksplat.core.landmarks import (
     RIGHT_EYE_OUTER,
     UPPER_LIP_CENTER,
 )
+from talksplat.tracking.native_log import native_stderr_silenced
 
 
 def _quiet_mediapipe_logs() -> None:
@@ -44,10 +45,19 @@ class FaceMeshTracker:
         _quiet_mediapipe_logs()
         import mediapipe as mp  # imported lazily: it is slow to import and pulls in a lot
 
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=static_image_mode, max_num_faces=max_num_faces, refine_landmarks=True,
-            min_detection_confidence=min_detection_confidence,
-            min_tracking_confidence=min_tracking_confidence)
+        with native_stderr_silenced():
+            self._mesh = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=static_image_mode, max_num_faces=max_num_faces, refine_landmarks=True,
+                min_detection_confidence=min_detection_confidence,
+                min_tracking_confidence=min_tracking_confidence)
+
+    def _run(self, image: np.ndarray):
+        """The graph's result for a checked (H, W, 3) uint8 image, its native log lines silenced."""
+        image = np.ascontiguousarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        with native_stderr_silenced():
+            return self._mesh.process(image)
 
     def process(self, image: np.ndarray) -> np.ndarray | None:
         """Landmarks of the most prominent face in ``image`` ((H, W, 3) uint8 RGB).
@@ -55,11 +65,8 @@ class FaceMeshTracker:
         Returns:
             (478, 3) float32 pixel landmarks, or None when no face is found.
         """
-        image = np.ascontiguousarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
         h, w = image.shape[:2]
-        result = self._mesh.process(image)
+        result = self._run(image)
         if not result.multi_face_landmarks:
             return None
         lms = result.multi_face_landmarks[0].landmark
@@ -74,18 +81,16 @@ class FaceMeshTracker:
         Returns:
             a list of (478, 3) float32 pixel landmark arrays (empty when no face is found).
         """
-        image = np.ascontiguousarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
         h, w = image.shape[:2]
-        result = self._mesh.process(image)
+        result = self._run(image)
         faces = result.multi_face_landmarks or []
         return [np.array([(p.x * w, p.y * h, p.z * w) for p in face.landmark], dtype=np.float32)
                 for face in faces]
 
     def close(self) -> None:
         """Release the MediaPipe graph."""
-        self._mesh.close()
+        with native_stderr_silenced():
+            self._mesh.close()
 
     def __enter__(self) -> Self:
         return self

@@ -27,6 +27,7 @@ from talksplat.core.landmarks import (
     RIGHT_CHEEK,
     RIGHT_EYE,
 )
+from talksplat.tracking.native_log import native_stderr_silenced
 
 PERSON_THRESHOLD = 0.5
 # The neck: below the jaw, within this many face widths of the chin horizontally, and down to
@@ -202,15 +203,18 @@ class PersonSegmenter:
     def __init__(self) -> None:
         import mediapipe as mp
 
-        self._seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+        with native_stderr_silenced():
+            self._seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (H, W) float32 person probability."""
-        result = self._seg.process(np.ascontiguousarray(image))
+        with native_stderr_silenced():
+            result = self._seg.process(np.ascontiguousarray(image))
         return np.asarray(result.segmentation_mask, dtype=np.float32)
 
     def close(self) -> None:
-        self._seg.close()
+        with native_stderr_silenced():
+            self._seg.close()
 
     def __enter__(self) -> Self:
         return self
