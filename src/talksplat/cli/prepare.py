@@ -23,7 +23,9 @@ def register(subparsers) -> None:
                         help="report the audio/video offset but do not shift the audio")
     parser.add_argument("--no-stabilise", action="store_true",
                         help="keep the per-frame landmark poses (skip the optical-flow bundle adjustment)")
-    parser.add_argument("--force", action="store_true", help="redo every step even if it is up to date")
+    parser.add_argument("--force", action="store_true",
+                        help="redo every step even if it is up to date; also needed to replace the dataset of a "
+                             "subject that has trained runs with another video's")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
