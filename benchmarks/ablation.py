@@ -24,12 +24,12 @@ from _machine import machine_info
 RESULTS = Path(__file__).parent / "results" / "ablation.json"
 VARIANTS = {
     "full model": [],
-    "no face-mouth decomposition": ["--no-decomposition"],
-    "no incremental sampling": ["--no-incremental-sampling"],
-    "appearance modification": ["--appearance-modification"],
+    "no face-mouth decomposition": ["--set", "decomposition=false"],
+    "no incremental sampling": ["--set", "incremental_sampling=false"],
+    "appearance modification": ["--set", "appearance_modification=true"],
     # Not in the paper's table: talksplat's lip-state audio condition vs the paper's AudioNet on raw
     # log-mel (docs/training.md).
-    "learned audio encoder": ["--audio-condition", "learned"],
+    "learned audio encoder": ["--set", "audio_condition=learned"],
 }
 
 

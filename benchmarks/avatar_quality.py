@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from _machine import machine_info
 
-from talksplat.render.renderer import Renderer
+from talksplat.engine.evaluate import evaluate_held_out
+from talksplat.recipes import load_avatar
 from talksplat.tracking.facemesh import mouth_opening, track_frames
 
 RESULTS = Path(__file__).parent / "results" / "avatar_quality.json"
@@ -32,13 +33,13 @@ def main() -> None:
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
 
-    renderer = Renderer(args.subject, args.run)
-    model, data = renderer.model, renderer.data
+    avatar = load_avatar(args.subject, run=args.run)
+    data = avatar.subject
     frames = data.val_frames
-    scores = model.evaluate(frames)
+    scores = evaluate_held_out(avatar.recipe, frames)
     rendered, real = [], []
     for t in frames:
-        rendered.append((model.render(int(t))["image"].clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+        rendered.append((avatar.render_own(int(t))["image"].clamp(0, 1).numpy() * 255).round().astype(np.uint8))
         real.append((data.image(int(t)).numpy() * 255).round().astype(np.uint8))
     gap_render, gap_real = mouth_opening(track_frames(rendered)), mouth_opening(track_frames(real))
     ok = ~(np.isnan(gap_render) | np.isnan(gap_real))

@@ -51,7 +51,7 @@ def enlarge(model, total: int, seed: int = 0) -> None:
     if extra <= 0:
         return
     gen = torch.Generator().manual_seed(seed)
-    params = model.face.params
+    params = model.sets["face"].params
     n = params["means"].shape[0]
     idx = torch.randint(0, n, (extra,), generator=gen)
     with torch.no_grad():
@@ -63,12 +63,12 @@ def enlarge(model, total: int, seed: int = 0) -> None:
 
 
 def set_resolution(renderer, size: int) -> None:
-    from talksplat.recipes.data import load_subject_data
+    from talksplat.data.subject import load_subject_data
 
-    data = load_subject_data(renderer.subject_dir, size, renderer.cfg.audio_feature)
-    renderer.data = renderer.model.data = data
-    renderer.cfg.size = size
-    renderer.model.cfg.size = size
+    recipe = renderer.avatar.recipe
+    data = load_subject_data(renderer.subject_dir, size, recipe.cfg.audio_feature)
+    renderer.data = recipe.data = data
+    renderer.size = recipe.cfg.size = size
 
 
 class SquareFrames:
@@ -100,8 +100,8 @@ def instrument(renderer):
 
     original_rasterize = recipe_module.rasterize
     recipe_module.rasterize = timed("rasterize", original_rasterize)
-    for branch in renderer.model.branches():
-        branch.motion.forward = timed("motion_field", branch.motion.forward)
+    for motion in renderer.avatar.recipe._motion_fields().values():
+        motion.forward = timed("motion_field", motion.forward)
     renderer.data.backdrop = timed("backdrop", renderer.data.backdrop)
     return lambda: setattr(recipe_module, "rasterize", original_rasterize)
 
@@ -117,9 +117,9 @@ def run_case(subject: Path, run: Path | None, res: int, gaussians: int | None, s
     from talksplat.render.renderer import Renderer, RenderOptions, StageTimer
     from talksplat.render.seam import Box
 
-    renderer = Renderer(subject, run)
+    renderer = Renderer.open(subject, run=run)
     if gaussians:
-        enlarge(renderer.model, gaussians)
+        enlarge(renderer.avatar.recipe, gaussians)
     set_resolution(renderer, res)
     options = RenderOptions(full_frame=True)
     n_frames = len(samples) // 640
@@ -156,7 +156,7 @@ def run_case(subject: Path, run: Path | None, res: int, gaussians: int | None, s
         restore()
     frames = len(stamps)
     s = renderer.timer.seconds
-    branches = len(renderer.model.branches())
+    branches = len(renderer.avatar.recipe.sets)
     per_frame = {
         "audio_features": per_frame_ms(s["audio_features"], frames, 1),
         "audio_encoder": per_frame_ms(s["audio_encoder"], frames, 1),
@@ -174,7 +174,7 @@ def run_case(subject: Path, run: Path | None, res: int, gaussians: int | None, s
     wall = stamps[-1] - stamps[WARMUP_FRAMES - 1]
     fps = (frames - WARMUP_FRAMES) / wall
     cpu_ms = (cpu[-1] - cpu[WARMUP_FRAMES - 1]) / (frames - WARMUP_FRAMES) * 1000
-    return {"res": res, "gaussians": renderer.model.num_gaussians(), "frames": frames,
+    return {"res": res, "gaussians": renderer.avatar.num_gaussians(), "frames": frames,
             "fps_end_to_end": fps, "ms_per_frame_end_to_end": 1000 / fps, "cpu_ms_per_frame": cpu_ms,
             "total_seconds_incl_warmup": total, "encode_close_ms": 1000 * s["encode_close"][0],
             "median_ms": medians, "sum_of_stage_medians_ms": sum(medians[k] for k in STAGES),

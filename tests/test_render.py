@@ -80,7 +80,8 @@ def test_pingpong_has_no_jump_cuts():
 
 
 def test_streaming_mel_equals_the_offline_feature_and_other_features_refuse_to_stream():
-    from talksplat.features.audio import AudioFeatures, fit_to_frames
+    from talksplat.features.audio import fit_to_frames
+    from talksplat.features.registry import AudioFeatures
 
     x = _speechlike(1.3)
     n = 33

@@ -207,7 +207,7 @@ def load_audio_feature(subject_dir: Path, name: str, n_frames: int) -> Tensor | 
     ``audio/<name>.npy`` (written by prepare for the default features) is used when present; any
     other feature (``avsync:DIR``, ``wav2vec2:DIR``, ...) is computed from ``audio/audio.wav`` once and
     cached under ``audio/cache/`` (keyed by the audio's and the model's content)."""
-    from talksplat.features.audio import AudioFeatures
+    from talksplat.features.registry import AudioFeatures
 
     audio_dir = Path(subject_dir) / "audio"
     features = AudioFeatures(name)          # validates the name first: one-line error if unknown

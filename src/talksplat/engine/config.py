@@ -9,6 +9,7 @@ field's type and rejects unknown keys with a one-line error.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import tomllib
 import types
@@ -158,7 +159,8 @@ def apply_overrides(cfg, overrides: dict[str, object]):
     values = config_to_dict(cfg)
     for key, value in overrides.items():
         if key not in hints:
-            close = [k for k in hints if key.split(".")[-1] in k][:5]
+            close = difflib.get_close_matches(key, list(hints), n=3, cutoff=0.6) or \
+                [k for k in hints if key.split(".")[-1] in k][:3]
             hint_text = f"; did you mean {', '.join(close)}?" if close else "; `talksplat recipes NAME` lists them"
             raise TalksplatError(f"unknown setting {key!r}{hint_text}")
         typed = parse_text_value(hints[key], value, key) if isinstance(value, str) else _check_value(hints[key], value, key)

@@ -151,7 +151,7 @@ class Renderer:
     # ---------------------------------------------------------------------------------- audio
     def audio_windows(self, samples: np.ndarray, n_frames: int | None = None) -> torch.Tensor:
         """The avatar's audio feature of a whole clip, (n_frames, *frame_shape)."""
-        from talksplat.features.audio import AudioFeatures
+        from talksplat.features.registry import AudioFeatures
 
         n_frames = output_frame_count(len(samples)) if n_frames is None else n_frames
         feats = AudioFeatures(self.conditioner.audio_feature).compute_samples(samples, n_frames)

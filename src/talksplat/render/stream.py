@@ -40,10 +40,10 @@ from talksplat.features.audio import (
     STEPS_PER_FRAME,
     WINDOW_LEAD,
     WINDOW_STEPS,
-    AudioFeatures,
     log_mel_steps,
     num_frames_for_samples,
 )
+from talksplat.features.registry import AudioFeatures
 
 
 class FrameSource(Protocol):
