@@ -49,12 +49,8 @@ LAYERS = (
     "cli",
 )
 # Edges tolerated while callers move, each with the reason; the test below fails once one is gone, so
-# the list cannot go stale. features.audio forwards the names that moved to features.registry
-# (AudioFeatures, ...) from a module __getattr__ until render/, data/ and tests/test_render.py import
-# them from the registry; then delete that __getattr__ and this entry.
-TRANSITIONAL_EDGES = {
-    ("talksplat.features.audio", "talksplat.features.registry"),
-}
+# the list cannot go stale.
+TRANSITIONAL_EDGES: set[tuple[str, str]] = set()
 TOP_LEVEL = {PACKAGE: "core", f"{PACKAGE}.errors": "core", f"{PACKAGE}._native": "core",
              f"{PACKAGE}.demo": "demo"}
 

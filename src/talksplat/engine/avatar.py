@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from talksplat.data.subject import SubjectData
@@ -90,8 +89,12 @@ class Avatar:
         """Frame ``frame`` from the subject's own audio and expressions (self-reconstruction)."""
         return self.recipe.render_own(int(frame))
 
-    def neutral_source_frames(self) -> np.ndarray:
-        return np.asarray(self.subject.train_frames)
+    @torch.no_grad()
+    def canonical_gaussians(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Per Gaussian set, the undeformed Gaussians in the world (head) frame: ``means`` (N, 3),
+        ``quats`` (N, 4, wxyz), ``scales`` (N, 3), ``opacities`` (N,), ``colors`` (N, C); for export."""
+        return {name: {k: v.detach().clone() for k, v in gaussians.activated().items()}
+                for name, gaussians in self.recipe.sets.items()}
 
 
 def load_avatar(path: Path, recipes: Mapping[str, type[Recipe]], recipe: str | None = None,

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from talksplat.core.constants import FPS as VIDEO_FPS
+from talksplat.core.constants import SAMPLE_RATE
 from talksplat.errors import TalksplatError
 
 PSNR_CAP_DB = 100.0               # PSNR of identical images (MSE 0) is reported as this, not inf
@@ -33,7 +35,7 @@ SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)   # Wang, Simoncelli, Bovik 2003
 
-FPS = 25.0
+FPS = float(VIDEO_FPS)
 STABILITY_CUTOFF_HZ = 5.0         # nose motion above this is "high frequency" (head motion is slower)
 STABILITY_FFT_WINDOW = 16         # frames per short-time spectrum (0.64 s at 25 fps, 1.56 Hz bins)
 STABILITY_VARIABILITY_WINDOW = 5  # frames per local standard deviation of the motion magnitude
@@ -237,7 +239,7 @@ def lagged_correlation(a: np.ndarray, b: np.ndarray, max_lag: int = 10) -> tuple
 # ---------------------------------------------------------------------------------------------- audio
 
 
-def audio_envelope(samples: np.ndarray, n_frames: int, sample_rate: int = 16_000, fps: float = FPS,
+def audio_envelope(samples: np.ndarray, n_frames: int, sample_rate: int = SAMPLE_RATE, fps: float = FPS,
                    floor_db: float = -80.0) -> np.ndarray:
     """Loudness of each video frame's own audio: RMS of samples ``[t sr/fps, (t+1) sr/fps)`` in dBFS.
 

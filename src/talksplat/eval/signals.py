@@ -13,12 +13,12 @@ from typing import Self
 
 import numpy as np
 
-from talksplat.tracking.facemesh import INNER_LIPS, LEFT_EYE_OUTER, NUM_LANDMARKS, OUTER_LIPS, RIGHT_EYE_OUTER
+from talksplat.core.landmarks import LEFT_EYE_OUTER, LIP_POINTS, NOSE_BRIDGE, NUM_LANDMARKS, RIGHT_EYE_OUTER
 from talksplat.tracking.facemesh import mouth_opening as lip_opening  # noqa: F401  (part of this module's API)
 
-MOUTH_LANDMARKS = INNER_LIPS + OUTER_LIPS       # 40 lip points (MediaPipe numbering)
+MOUTH_LANDMARKS = LIP_POINTS                    # 40 lip points (MediaPipe numbering)
 # Nose bridge to tip: rigid with the skull, unaffected by the jaw (GaussianFlameTalk tracks the nose).
-NOSE_LANDMARKS = (168, 6, 197, 195, 5, 4, 1)
+NOSE_LANDMARKS = NOSE_BRIDGE
 
 
 class LandmarkTracker:

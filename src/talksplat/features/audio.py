@@ -254,21 +254,3 @@ def write_cached(npy: Path, meta: Path, key: CacheKey, array: np.ndarray) -> Non
     with atomic_path(npy) as tmp:
         np.save(tmp, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
     write_bytes_atomic(meta, (json.dumps(key.to_json(), indent=1) + "\n").encode())
-
-
-# ----------------------------------------------------------------------------------------------------
-# Transitional: the dispatcher moved to talksplat.features.registry (it imports the extractors, which
-# import this module, so it cannot live here). These names keep working for callers not yet updated
-# (render/stream.py, render/renderer.py, data/subject.py, tests/test_render.py); delete this function
-# and the allowance in tests/test_layering.py (TRANSITIONAL_EDGES) once they import from the registry.
-_MOVED_TO_REGISTRY = ("AudioFeatures", "FeatureSpec", "FEATURE_KINDS", "KINDS_NEEDING_PATH",
-                      "DEFAULT_FEATURES", "compute_default_features", "parse_feature_name")
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_REGISTRY:
-        from talksplat.features import registry
-
-        return getattr(registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-

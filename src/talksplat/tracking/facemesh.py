@@ -16,11 +16,9 @@ from typing import Self
 import numpy as np
 
 from talksplat.core.landmarks import (
-    INNER_LIPS,  # noqa: F401  (re-exported: eval.signals imports it from here)
     LEFT_EYE_OUTER,
     LOWER_LIP_CENTER,
     NUM_LANDMARKS,
-    OUTER_LIPS,  # noqa: F401  (re-exported: eval.signals imports it from here)
     RIGHT_EYE_OUTER,
     UPPER_LIP_CENTER,
 )
