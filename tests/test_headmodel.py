@@ -103,7 +103,9 @@ def _synthetic_sequence(frames: int = 40, seed: int = 0):
 def test_known_answer_recovers_weights():
     torch.manual_seed(0)
     b, ident, expr, rot, trans, K, uv = _synthetic_sequence()
-    fit = fit_sequence(b, uv, K, rot, trans, cfg=FitConfig())
+    # A weak ridge: this checks the solver (the default ridge is tuned for noisy tracked landmarks and
+    # shrinks small weights on purpose) and no landmark offsets (rendered landmarks sit exactly on the model).
+    fit = fit_sequence(b, uv, K, rot, trans, cfg=FitConfig(expression_ridge=0.3, offset_prior=0.0))
     assert fit.expression.shape == expr.shape and fit.expression.min() >= 0 and fit.expression.max() <= 1
     # Which blendshapes move some landmark by >= MOVES_PX at weight 1 (the others are unobservable).
     base = b.points(torch.tensor(ident), torch.zeros(1, 53))[0]
@@ -129,3 +131,64 @@ def test_core_coefficients_average_inner_brows():
     assert core[0, CORE_NAMES.index("browInnerUp")] == pytest.approx(0.3)
     assert core[1, CORE_NAMES.index("eyeBlinkLeft")] == pytest.approx(0.9)
     assert core[1, CORE_NAMES.index("eyeBlinkRight")] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The prepare step on the tiny synthetic subject (shared fixtures of test_prepare).
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from talksplat.prepare import PrepareConfig, prepare
+    from talksplat.synthetic import SynthConfig, generate
+
+    synth = generate(SynthConfig.tiny(seed=1, seconds=5.6, use_phones=False), tmp_path_factory.mktemp("synth"))
+    result = prepare(synth.video, tmp_path_factory.mktemp("subject") / "s", PrepareConfig(size=128), quiet=True)
+    return synth, result
+
+
+def test_prepare_writes_face_model(prepared):
+    from talksplat.features.expression import blink_events, match_events
+    from talksplat.prepare.face_model import FACE_MODEL
+
+    synth, result = prepared
+    n = result.n_frames
+    with np.load(result.subject_dir / FACE_MODEL) as f:
+        data = {k: f[k] for k in f.files}
+    assert data["expression"].shape == (n, 53) and data["expression_names"].shape == (53,)
+    assert data["expression"].min() >= 0 and data["expression"].max() <= 1
+    assert data["identity"].ndim == 1 and data["rotation"].shape == (n, 3, 3) and data["translation"].shape == (n, 3)
+    assert data["core7"].shape == (n, 7) and list(data["core7_names"]) == list(CORE_NAMES)
+    assert float(data["landmark_error_px"].mean()) < 1.0            # at 128^2
+    names = [str(s) for s in data["expression_names"]]
+    gt = np.load(synth.out_dir / "ground_truth.npz")
+    jaw = data["expression"][:, names.index("jawOpen")]
+    assert np.corrcoef(jaw, gt["mouth_open_mm"][:n])[0, 1] > 0.8
+    blink = data["expression"][:, [names.index("eyeBlink_L"), names.index("eyeBlink_R")]].mean(1)
+    truth = blink_events(0.5 * (gt["blink_left"][:n] + gt["blink_right"][:n]), 0.5)
+    found = blink_events(blink / max(float(blink.max()), 1e-6))
+    assert match_events(found, truth, 1) >= truth.size - 1
+    summary = result.summary["face_model"]
+    assert summary["landmark_error_px"] == pytest.approx(float(data["landmark_error_px"].mean()), rel=1e-5)
+    # The mesh rebuilt from the stored arrays lands on the tracked landmarks.
+    lms = np.load(result.subject_dir / "landmarks.npy")
+    b = default_landmark_basis()
+    pts = b.points(torch.tensor(data["identity"]), torch.tensor(data["expression"][:1]),
+                   torch.tensor(data["landmark_offsets"]))
+    cam = torch.einsum("ij,nj->ni", torch.tensor(data["rotation"][0]), pts[0]) + torch.tensor(data["translation"][0])
+    uv = project(cam[None], torch.tensor(data["K"]))[0].numpy()
+    assert np.mean(np.linalg.norm(uv - lms[0, b.mediapipe_index.numpy(), :2], axis=1)) < 1.0
+
+
+def test_prepare_face_model_resumes(prepared, tmp_path):
+    import shutil
+
+    from talksplat.prepare import PrepareConfig, prepare
+    from talksplat.prepare.face_model import FACE_MODEL
+
+    synth, result = prepared
+    root = tmp_path / "copy"
+    shutil.copytree(result.subject_dir, root)
+    path = root / FACE_MODEL
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    again = prepare(synth.video, root, PrepareConfig(size=128), quiet=True)
+    assert "face_model" in again.ran and "cameras" in again.skipped
+    assert np.load(path)["expression"].shape == (result.n_frames, 53)

@@ -78,9 +78,13 @@ class LandmarkBasis:
         return cls(restrict(model.neutral), restrict(model.identity_basis), restrict(model.expression_basis),
                    torch.from_numpy(corr.mediapipe_index), iris_rows, centres, model.expression_names)
 
-    def points(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
-        """Landmark positions (T, N, 3) in the head frame for identity (K,) and expressions (T, 53)."""
+    def points(self, identity: torch.Tensor, expression: torch.Tensor,
+               offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """Landmark positions (T, N, 3) in the head frame for identity (K,) and expressions (T, 53);
+        ``offsets`` (N, 3) mm move the points on the neutral face (a subject's own landmark placement)."""
         base = self.mean + torch.einsum("k,knc->nc", identity, self.identity)
+        if offsets is not None:
+            base = base + offsets
         pts = base[None] + torch.einsum("te,enc->tnc", expression, self.expression)
         out = pts
         for side, rows in self.iris_rows.items():

@@ -6,6 +6,10 @@ size): robust (Huber) landmark reprojection error under the dataset's pinhole ca
 - an identity prior (ridge: the modes are PCA directions of roughly unit variance),
 - an expression ridge (without it blendshapes trade off: mouthFrown/Stretch absorb jawOpen),
 - temporal smoothness of the expressions and of the pose corrections,
+- a ridge on per-subject landmark offsets (N x 3 mm, fitted with the identity): where MediaPipe puts
+  a landmark on this face differs from the canonical correspondence (iris height, lid and lip
+  contours), and without the offsets that difference became a constant expression (eyeWide at 1,
+  eyeLookUp at 0.45 on every frame of the synthetic subject, blinks capped at 0.3);
 - a pull of each frame's pose to the camera of ``prepare`` (the fit refines the stabilised cameras,
   it does not replace them): a per-subject constant offset between the camera template's head frame
   and the model's frame is free, per-frame deviations from it are penalised.
@@ -23,7 +27,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from talksplat.core.landmarks import FACE_OVAL, LEFT_EYE_OUTER, RIGHT_EYE_OUTER
+from talksplat.core.landmarks import (
+    FACE_OVAL,
+    LEFT_EYE,
+    LEFT_EYE_OUTER,
+    LIP_POINTS,
+    RIGHT_EYE,
+    RIGHT_EYE_OUTER,
+)
 from talksplat.headmodel.correspondence import IRIS_LANDMARKS, LandmarkBasis
 
 PERCENT = 100.0
@@ -32,6 +43,22 @@ MIN_DEPTH_MM = 50.0
 # it has no fixed model point); iris rings are small and noisy.
 OVAL_WEIGHT = 0.2
 IRIS_WEIGHT = 0.5
+# Lips and eyelids carry the expressions that matter most downstream (speech, blinks): they count more.
+EXPRESSIVE_WEIGHT = 3.0
+# Per-blendshape multipliers of the expression ridge. Several ARKit shapes can open the lips (jawOpen,
+# mouthLowerDown, mouthClose released, mouthRoll/Shrug/Funnel); with one ridge for all, the fit spread
+# speech over them (synthetic subject: jawOpen vs the true opening r 0.49). Speech opens the mouth
+# mostly with the jaw, and blinks close the lids: those two are cheap, the lip-detail shapes dear.
+PRIMARY_SHAPES = ("jawOpen", "eyeBlink_L", "eyeBlink_R")
+PRIMARY_RIDGE = 0.25
+DETAIL_SHAPES = ("mouthClose", "mouthLowerDown_L", "mouthLowerDown_R", "mouthUpperUp_L", "mouthUpperUp_R",
+                 "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthFunnel",
+                 "mouthPress_L", "mouthPress_R", "mouthStretch_L", "mouthStretch_R")
+DETAIL_RIDGE = 4.0
+# mouthClose exists to cancel jawOpen's lip parting (ARKit: lips together with the jaw open); fitted
+# freely, jawOpen + mouthClose pairs absorbed the jaw (Obama clip: jawOpen vs lip gap r 0.43).
+COMPENSATOR_SHAPES = ("mouthClose",)
+COMPENSATOR_RIDGE = 100.0
 
 
 @dataclass(frozen=True)
@@ -40,7 +67,7 @@ class FitConfig:
 
     huber: float = 3.0                 # residuals beyond this (% IOD, ~2 px at 512^2) count linearly
     identity_prior: float = 0.5        # per unit^2 of identity weight
-    expression_ridge: float = 0.3      # per unit^2 of expression weight
+    expression_ridge: float = 300.0    # per unit^2 of expression weight (jawOpen at 1 costs ~1e5 in the data term)
     expression_smooth: float = 1.0     # per unit^2 of frame-to-frame expression change
     pose_prior_deg: float = 0.5        # per deg^2 of rotation deviation from the camera's
     pose_prior_mm: float = 0.05        # per mm^2 of translation deviation
@@ -50,9 +77,11 @@ class FitConfig:
     iterations: int = 200
     lr_expression: float = 0.03
     lr_identity: float = 0.05
+    lr_offset: float = 0.05            # mm per step
     lr_rotation: float = 0.002         # radians per step
     lr_translation: float = 0.3        # mm per step
     fit_identity: bool = True
+    offset_prior: float = 0.002          # per mm^2 of landmark offset (0 = no offsets)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -70,6 +99,7 @@ class FaceFit:
     offset_rotation: np.ndarray    # (3, 3) constant model -> camera-template head frame part
     offset_translation: np.ndarray  # (3,)
     deviation_deg: np.ndarray      # (T,) rotation deviation from the camera (after the offset)
+    landmark_offsets: np.ndarray   # (N, 3) mm, per-subject landmark placement (head frame)
 
 
 def so3_exp(w: torch.Tensor) -> torch.Tensor:
@@ -98,8 +128,21 @@ def landmark_weights(basis: LandmarkBasis) -> torch.Tensor:
     idx = basis.mediapipe_index.numpy()
     w = np.ones(idx.size)
     w[np.isin(idx, FACE_OVAL)] = OVAL_WEIGHT
+    w[np.isin(idx, LIP_POINTS + RIGHT_EYE + LEFT_EYE)] = EXPRESSIVE_WEIGHT
     w[np.isin(idx, IRIS_LANDMARKS["L"] + IRIS_LANDMARKS["R"])] = IRIS_WEIGHT
     return torch.tensor(w, dtype=torch.float32)
+
+
+def ridge_multipliers(names: tuple[str, ...]) -> torch.Tensor:
+    """(53,) expression-ridge multiplier of each blendshape (see PRIMARY_SHAPES)."""
+    out = torch.ones(len(names))
+    for name in PRIMARY_SHAPES:
+        out[names.index(name)] = PRIMARY_RIDGE
+    for name in DETAIL_SHAPES:
+        out[names.index(name)] = DETAIL_RIDGE
+    for name in COMPENSATOR_SHAPES:
+        out[names.index(name)] = COMPENSATOR_RIDGE
+    return out
 
 
 def _huber(r2: torch.Tensor, delta: float) -> torch.Tensor:
@@ -121,8 +164,8 @@ class _Problem:
         self.t0 = torch.tensor(t0, dtype=torch.float32)
         iod = np.linalg.norm(uv[:, RIGHT_EYE_OUTER, :2] - uv[:, LEFT_EYE_OUTER, :2], axis=1)
         self.scale = torch.tensor(PERCENT / np.maximum(iod, 1.0), dtype=torch.float32)   # px -> % IOD
-        w = landmark_weights(basis)
-        self.w = w
+        self.w = landmark_weights(basis)
+        self.ridge = cfg.expression_ridge * ridge_multipliers(basis.expression_names)
         self.frame_weight = torch.tensor(frame_weight, dtype=torch.float32)
 
     def poses(self, w_const, t_const, w_dev, t_dev) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,23 +174,24 @@ class _Problem:
         trans = torch.einsum("tij,tj->ti", self.R0, t_const[None] + t_dev) + self.t0
         return rot, trans
 
-    def pixels(self, identity, expression, rot, trans) -> torch.Tensor:
-        pts = self.basis.points(identity, expression)
+    def pixels(self, identity, expression, rot, trans, offsets=None) -> torch.Tensor:
+        pts = self.basis.points(identity, expression, offsets)
         return project(torch.einsum("tij,tnj->tni", rot, pts) + trans[:, None], self.K)
 
-    def cost(self, identity, expression, w_const, t_const, w_dev, t_dev) -> torch.Tensor:
+    def cost(self, identity, expression, w_const, t_const, w_dev, t_dev, offsets) -> torch.Tensor:
         cfg = self.cfg
         rot, trans = self.poses(w_const, t_const, w_dev, t_dev)
-        r2 = ((self.pixels(identity, expression, rot, trans) - self.uv) ** 2).sum(-1) * self.scale[:, None] ** 2
+        r2 = ((self.pixels(identity, expression, rot, trans, offsets) - self.uv) ** 2).sum(-1) * self.scale[:, None] ** 2
         data = (_huber(r2, cfg.huber) * self.w).sum(1)
         deg = torch.rad2deg(w_dev)
-        per_frame = (data + cfg.expression_ridge * (expression ** 2).sum(1)
+        per_frame = (data + (self.ridge * expression ** 2).sum(1)
                      + cfg.pose_prior_deg * (deg ** 2).sum(1) + cfg.pose_prior_mm * (t_dev ** 2).sum(1))
         total = (per_frame * self.frame_weight).sum()
         if expression.shape[0] > 1:
             total = total + cfg.expression_smooth * ((expression[1:] - expression[:-1]) ** 2).sum()
             total = total + cfg.pose_smooth * (((deg[1:] - deg[:-1]) ** 2).sum() + ((t_dev[1:] - t_dev[:-1]) ** 2).sum())
-        return total / self.frame_weight.sum().clamp(min=1e-6) + cfg.identity_prior * (identity ** 2).sum()
+        return (total / self.frame_weight.sum().clamp(min=1e-6) + cfg.identity_prior * (identity ** 2).sum()
+                + cfg.offset_prior * (offsets ** 2).sum())
 
 
 def _optimise(problem: _Problem, params: dict[str, torch.Tensor], trainable: list[str], lrs: dict[str, float],
@@ -155,7 +199,7 @@ def _optimise(problem: _Problem, params: dict[str, torch.Tensor], trainable: lis
     for name in trainable:
         params[name].requires_grad_(True)
     opt = torch.optim.Adam([{"params": [params[n]], "lr": lrs[n]} for n in trainable])
-    order = ("identity", "expression", "w_const", "t_const", "w_dev", "t_dev")
+    order = ("identity", "expression", "w_const", "t_const", "w_dev", "t_dev", "offsets")
     for _ in range(iterations):
         opt.zero_grad(set_to_none=True)
         problem.cost(*(params[n] for n in order)).backward()
@@ -190,33 +234,37 @@ def fit_sequence(basis: LandmarkBasis, landmarks_px: np.ndarray, K: np.ndarray, 
     n_id, n_ex = basis.identity.shape[0], basis.expression.shape[0]
     ident = torch.zeros(n_id) if identity is None else torch.tensor(identity, dtype=torch.float32)
     const = {"w_const": torch.zeros(3), "t_const": torch.zeros(3)}
-    lrs = {"identity": cfg.lr_identity, "expression": cfg.lr_expression, "w_const": cfg.lr_rotation,
+    lrs = {"offsets": cfg.lr_offset, "identity": cfg.lr_identity, "expression": cfg.lr_expression, "w_const": cfg.lr_rotation,
            "t_const": cfg.lr_translation, "w_dev": cfg.lr_rotation, "t_dev": cfg.lr_translation}
     # Stage 1: the identity and the constant offset on a subset.
     sub = subset_indices(n, cfg.subset_frames, fw)
     p1 = _Problem(basis, uv[sub], K, R0[sub], t0[sub], fw[sub], cfg)
     s1 = {"identity": ident.clone(), "expression": torch.zeros(sub.size, n_ex), **const,
-          "w_dev": torch.zeros(sub.size, 3), "t_dev": torch.zeros(sub.size, 3)}
+          "w_dev": torch.zeros(sub.size, 3), "t_dev": torch.zeros(sub.size, 3),
+          "offsets": torch.zeros(basis.mean.shape)}
     p1.cfg = cfg if sub.size > 1 and np.all(np.diff(sub) == 1) else _no_smoothing(cfg)   # spread frames: not neighbours
-    trainable = (["identity"] if cfg.fit_identity and identity is None else []) + list(s1)[1:]
+    trainable = ((["identity"] if cfg.fit_identity and identity is None else [])
+                 + ["expression", "w_const", "t_const", "w_dev", "t_dev"] + (["offsets"] if cfg.offset_prior > 0 else []))
     _optimise(p1, s1, trainable, lrs, cfg.subset_iterations, progress)
     # Stage 2: every frame, identity and offset fixed, expressions warm-started from the nearest subset frame.
     nearest = np.abs(np.arange(n)[:, None] - sub[None, :]).argmin(1)
     p2 = _Problem(basis, uv, K, R0, t0, fw, cfg)
     s2 = {"identity": s1["identity"].detach(), "expression": s1["expression"].detach()[nearest].clone(),
           "w_const": s1["w_const"].detach(), "t_const": s1["t_const"].detach(),
-          "w_dev": s1["w_dev"].detach()[nearest].clone(), "t_dev": s1["t_dev"].detach()[nearest].clone()}
+          "w_dev": s1["w_dev"].detach()[nearest].clone(), "t_dev": s1["t_dev"].detach()[nearest].clone(),
+          "offsets": s1["offsets"].detach()}
     _optimise(p2, s2, ["expression", "w_dev", "t_dev"], lrs, cfg.iterations, progress)
     with torch.no_grad():
         rot, trans = p2.poses(s2["w_const"], s2["t_const"], s2["w_dev"], s2["t_dev"])
-        err = (p2.pixels(s2["identity"], s2["expression"], rot, trans) - p2.uv).norm(dim=-1).mean(1)
+        err = (p2.pixels(s2["identity"], s2["expression"], rot, trans, s2["offsets"]) - p2.uv).norm(dim=-1).mean(1)
         dev = torch.rad2deg(s2["w_dev"].norm(dim=1))
     return FaceFit(identity=s2["identity"].numpy().astype(np.float32),
                    expression=s2["expression"].numpy().astype(np.float32),
                    rotation=rot.double().numpy(), translation=trans.double().numpy(),
                    landmark_error_px=err.numpy().astype(np.float32),
                    offset_rotation=so3_exp(s2["w_const"]).double().numpy(),
-                   offset_translation=s2["t_const"].double().numpy(), deviation_deg=dev.numpy().astype(np.float32))
+                   offset_translation=s2["t_const"].double().numpy(), deviation_deg=dev.numpy().astype(np.float32),
+                   landmark_offsets=s2["offsets"].numpy().astype(np.float32))
 
 
 def _no_smoothing(cfg: FitConfig) -> FitConfig:

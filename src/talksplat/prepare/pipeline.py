@@ -24,6 +24,8 @@ from talksplat.io.atomic import atomic_path
 from talksplat.io.video import iter_frames
 from talksplat.prepare import layout as L
 from talksplat.prepare.config import PrepareConfig
+from talksplat.prepare.face_model import FACE_MODEL, face_model_step
+from talksplat.prepare.face_model import STEP_VERSION as FACE_MODEL_VERSION
 from talksplat.prepare.guards import (
     prepare_output_folder,
     refuse_other_video_over_runs,
@@ -36,7 +38,7 @@ from talksplat.prepare.runner import Step, StepRunner, file_sha256, write_json_a
 # Steps' versions: bump one to make existing datasets redo that step (and what follows).
 # masks 2: landmark polygons labelled by pixel centres (cv2.fillPoly grew them by ~half a pixel).
 STEP_VERSIONS = {"media": 1, "track": 1, "frames": 1, "cameras": 1, "masks": 2, "expressions": 1,
-                 "audio": 2, "split": 1, "report": 1}
+                 "face_model": FACE_MODEL_VERSION, "audio": 2, "split": 1, "report": 1}
 # Interpolated (not detected) frames count this much in the pose fit.
 INTERPOLATED_FRAME_WEIGHT = 0.3
 # The error curve of the focal search: focal values within this relative error of the minimum
@@ -445,6 +447,7 @@ def _summary(runner: StepRunner, cfg: PrepareConfig, ms_per_frame: float | None)
             "jitter_definition": "RMS of the second difference of frame-to-frame rotation increments (deg) / "
                                  "of translations (mm); raw = per-frame landmark PnP",
             "blinks": runner.info["expressions"]["blinks"],
+            "face_model": runner.info.get("face_model"),
             "background_seen_fraction": runner.info["masks"]["background_seen_fraction"],
             "audio_features": audio.get("features"), "av_offset": audio.get("offset"),
             "audio_shift_applied_frames": audio.get("applied_shift_frames", 0),
@@ -477,7 +480,7 @@ def _step_report(cfg: PrepareConfig, quiet: bool):
 def _write_subject_json(runner: StepRunner, cfg: PrepareConfig, video: Path) -> None:
     media = _load_json(runner, L.MEDIA_JSON)
     files = {"frames": L.FRAMES, "landmarks": L.LANDMARKS, "masks": L.MASKS, "background": L.BACKGROUND,
-             "cameras": L.CAMERAS_NPZ, "cameras_json": L.CAMERAS_JSON, "expressions": L.EXPRESSIONS,
+             "cameras": L.CAMERAS_NPZ, "cameras_json": L.CAMERAS_JSON, "expressions": L.EXPRESSIONS, "face_model": FACE_MODEL,
              "split": L.SPLIT_JSON, "crop": L.CROP_JSON, "full_video": L.MEDIA_VIDEO,
              "transforms_train": L.TRANSFORMS_TRAIN, "transforms_val": L.TRANSFORMS_VAL, "report": L.SUMMARY}
     if cfg.audio:
@@ -526,6 +529,7 @@ def prepare(video: str | Path, subject_dir: str | Path, cfg: PrepareConfig | Non
              ["track", "frames"], {"stabilise": cfg.stabilise}),
         Step("masks", STEP_VERSIONS["masks"], _step_masks(cfg, quiet), [L.MASKS, L.BACKGROUND], ["frames"]),
         Step("expressions", STEP_VERSIONS["expressions"], _step_expressions(quiet), [L.EXPRESSIONS], ["track"]),
+        face_model_step(quiet, _bar),
     ]
     if cfg.audio:
         steps.append(Step("audio", STEP_VERSIONS["audio"], _step_audio(cfg, quiet, audio_outputs),

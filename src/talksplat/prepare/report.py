@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from talksplat.prepare import layout as L
+from talksplat.prepare.face_model import FACE_MODEL, mesh_overlay
 
 SHEET_FRAMES = 4                 # sample frames (rows) in the contact sheet
 SHEET_CELL = 256                 # cell side in pixels
@@ -89,6 +90,7 @@ def contact_sheet(root: str | Path) -> np.ndarray:
     n = frames.shape[0]
     picks = np.linspace(0.1 * (n - 1), 0.9 * (n - 1), SHEET_FRAMES).round().astype(int)
     sources = _source_frames(root, picks)
+    face = _face_model(root)
     rows = []
     for t in picks:
         frame = np.asarray(frames[t])
@@ -98,7 +100,11 @@ def contact_sheet(root: str | Path) -> np.ndarray:
         _text(a, f"frame {t}: landmarks, head axes")
         _text(b, "labels")
         _text(c, "source frame + crop box")
-        rows.append(np.hstack([a, b, c]))
+        cells = [a, b, c]
+        if face is not None:
+            cells.append(_fit(mesh_overlay(frame, face, int(t))))
+            _text(cells[-1], f"head model fit: {float(face['landmark_error_px'][t]):.1f} px")
+        rows.append(np.hstack(cells))
     bg = cv2.cvtColor(cv2.imread(str(root / L.BACKGROUND)), cv2.COLOR_BGR2RGB)
     plate = _fit(bg)
     _text(plate, "background plate")
@@ -120,8 +126,25 @@ def contact_sheet(root: str | Path) -> np.ndarray:
         lines.append(f"jitter {s.get('jitter_raw_deg', 0):.3f} -> {s.get('jitter_deg', 0):.3f} deg")
     for i, line in enumerate(lines):
         _text(info, line, 20 + 22 * i)
-    rows.append(np.hstack([plate, legend, info]))
+    last = [plate, legend, info]
+    if face is not None:
+        last.append(np.full((SHEET_CELL, SHEET_CELL, 3), 40, np.uint8))
+        for i, line in enumerate(["head model (ICT-FaceKit)",
+                                  f"fit {float(np.mean(face['landmark_error_px'])):.2f} px mean",
+                                  f"{100 * float(np.mean(face['landmark_error_iod'])):.1f}% of inter-ocular",
+                                  f"identity |a| {float(np.linalg.norm(face['identity'])):.2f}"]):
+            _text(last[-1], line, 20 + 22 * i)
+    rows.append(np.hstack(last))
     return np.vstack(rows)
+
+
+def _face_model(root: Path) -> dict[str, np.ndarray] | None:
+    """face_model.npz's arrays, or None for a subject prepared before the head-model step."""
+    path = root / FACE_MODEL
+    if not path.exists():
+        return None
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
 
 
 def curves_plot(root: str | Path) -> np.ndarray:
@@ -138,7 +161,8 @@ def curves_plot(root: str | Path) -> np.ndarray:
         blink, lips_part, lip_mm = ex["blink"], ex["lips_part"], ex["lip_open_mm"]
     n = core.shape[0]
     t = np.arange(n)
-    fig, axes = plt.subplots(4, 1, figsize=CURVE_FIGSIZE, sharex=True)
+    face = _face_model(root)
+    fig, axes = plt.subplots(4 if face is None else 5, 1, figsize=CURVE_FIGSIZE, sharex=True)
     for k, name in enumerate(("pitch", "yaw", "roll")):
         line, = axes[0].plot(t, cams["euler_raw_deg"][:, k], lw=0.6, alpha=0.5)
         axes[0].plot(t, cams["euler_deg"][:, k], lw=1.2, color=line.get_color(), label=f"{name}")
@@ -160,7 +184,13 @@ def curves_plot(root: str | Path) -> np.ndarray:
     ax2.set_ylabel("lip opening (mm)")
     axes[3].set_ylabel("[0, 1]")
     axes[3].legend(loc="upper left", fontsize=8)
-    axes[3].set_xlabel("frame")
+    if face is not None:
+        names53 = [str(s) for s in face["expression_names"]]
+        for name in ("jawOpen", "eyeBlink_L", "eyeBlink_R"):
+            axes[4].plot(t, face["expression"][:, names53.index(name)], lw=0.8, label=name)
+        axes[4].set_ylabel("head model weights")
+        axes[4].legend(loc="upper right", fontsize=8)
+    axes[-1].set_xlabel("frame")
     split_path = root / L.SPLIT_JSON
     if split_path.exists():
         start = json.loads(split_path.read_text())["val"]["start"]
