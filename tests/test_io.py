@@ -191,3 +191,21 @@ def test_load_audio_formats(tmp_path, codec, suffix, rate):
     assert abs(mono.size / SR - seconds) < 0.1          # lossy codecs may pad a frame
     spectrum = np.abs(np.fft.rfft(mono[800:-800]))
     assert np.argmax(spectrum) * SR / (mono.size - 1600) == pytest.approx(300, abs=3)
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    import subprocess
+    import sys
+
+    from talksplat.io.atomic import write_bytes_atomic
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    stale = tmp_path / f".out.{int(dead.stdout)}.abc123.tmp.mp4"      # what kill -9 mid-render leaves
+    live = tmp_path / f".out.{os.getpid()}.def456.tmp.mp4"            # a write still in progress here
+    other = tmp_path / f".other.{int(dead.stdout)}.x.tmp.mp4"
+    for p in (stale, live, other):
+        p.write_bytes(b"partial")
+    write_bytes_atomic(tmp_path / "out.mp4", b"done")
+    assert (tmp_path / "out.mp4").read_bytes() == b"done"
+    assert not stale.exists() and live.exists() and other.exists()

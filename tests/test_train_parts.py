@@ -135,3 +135,21 @@ def test_meta_that_is_a_list_and_flipped_or_nan_tensors_are_refused(tmp_path):
     (path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(TalksplatError, match="NaN"):
         load_checkpoint(path, recipe="demo", config_type=_Config)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_with_a_warning(tmp_path):
+    from talksplat.engine.checkpoint import load_latest_valid
+
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step, {"x": torch.full((4,), float(step))}, recipe="demo", config=_Config())
+    newest = latest_checkpoint(tmp_path)
+    data = bytearray((newest / "tensors.safetensors").read_bytes())
+    data[-4:] = b"\xff\xff\xff\x7f"
+    (newest / "tensors.safetensors").write_bytes(bytes(data))
+    warnings = []
+    path, tensors, _, meta = load_latest_valid(tmp_path, recipe="demo", config_type=_Config, warn=warnings.append)
+    assert meta["step"] == 1 and torch.equal(tensors["x"], torch.ones(4))
+    assert len(warnings) == 1 and "damaged" in warnings[0]
+    (path / "meta.json").write_text("{")
+    with pytest.raises(TalksplatError, match="no older checkpoint .* loads; start over with --restart"):
+        load_latest_valid(tmp_path, recipe="demo", config_type=_Config, warn=warnings.append)

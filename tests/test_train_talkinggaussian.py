@@ -34,6 +34,7 @@ def test_training_runs_all_stages_and_improves(subject, tmp_path):
     assert scores["static"]["psnr"] > 20.0  # the backdrop alone is exact outside the head
     assert (tmp_path / "run" / "summary.json").exists()
     assert list((tmp_path / "run" / "previews").glob("*.png"))
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
     lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["step"] == 0
 

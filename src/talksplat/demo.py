@@ -41,7 +41,7 @@ class DemoConfig:
         return (0.6 * self.seconds + 0.1 * iters * scale + 0.1 * 25 * (self.unseen_clip_seconds + 2)) / 60
 
 
-def run_demo(out_dir: Path, cfg: DemoConfig) -> dict:
+def run_demo(out_dir: Path, cfg: DemoConfig, quiet: bool = False) -> dict:
     from talksplat.core.constants import SAMPLE_RATE
     from talksplat.engine.trainer import TrainerConfig, train
     from talksplat.io.audio import load_audio, save_wav
@@ -61,20 +61,22 @@ def run_demo(out_dir: Path, cfg: DemoConfig) -> dict:
 
     work = out_dir / "work"
     synth_cfg = SynthConfig(seconds=cfg.seconds, size=max(cfg.size, 128), seed=cfg.seed, use_phones=cfg.size >= 256)
-    video = timed("synthesise", lambda: _cached_synth(generate, synth_cfg, work / "synth"))
+    video = timed("synthesise", lambda: _cached_synth(generate, synth_cfg, work / "synth", not quiet))
     subject = work / "subject"
-    timed("prepare", lambda: prepare(video, subject, PrepareConfig(size=max(cfg.size, 128)), quiet=False))
+    timed("prepare", lambda: prepare(video, subject, PrepareConfig(size=max(cfg.size, 128)), quiet=quiet))
     recipe_cfg = TalkingGaussianConfig(size=cfg.size, seed=cfg.seed)
     recipe_cfg.iterations.static, recipe_cfg.iterations.motion = cfg.static_iters, cfg.motion_iters
     recipe_cfg.iterations.finetune = cfg.finetune_iters
-    summary = timed("train", lambda: train(subject, TalkingGaussian, recipe_cfg, TrainerConfig(eval_frames=8)))
+    trainer_cfg = TrainerConfig(eval_frames=8, quiet=quiet)
+    summary = timed("train", lambda: train(subject, TalkingGaussian, recipe_cfg, trainer_cfg))
 
     renderer = Renderer.open(subject)
     unseen = _unseen_clip(bundled_clips(), video.parent / "ground_truth.json")
     unseen_wav = work / "unseen.wav"
     samples = load_audio(unseen["path"], SAMPLE_RATE)[: int(cfg.unseen_clip_seconds * SAMPLE_RATE)]
     save_wav(unseen_wav, samples)
-    talking = timed("render_unseen", lambda: render_video(renderer, unseen_wav, out_dir / "talking.mp4"))
+    talking = timed("render_unseen",
+                    lambda: render_video(renderer, unseen_wav, out_dir / "talking.mp4", progress=not quiet))
     side = timed("side_by_side", lambda: _side_by_side(renderer, subject, out_dir / "side_by_side.mp4"))
     result = {
         "what": "talksplat demo: synthetic subject -> prepare -> train (TalkingGaussian) -> render unseen speech",
@@ -89,12 +91,12 @@ def run_demo(out_dir: Path, cfg: DemoConfig) -> dict:
     return result
 
 
-def _cached_synth(generate, synth_cfg, folder: Path) -> Path:
+def _cached_synth(generate, synth_cfg, folder: Path, progress: bool = True) -> Path:
     """The synthetic video, generated once per config (a marker records which)."""
     marker = folder / "done.json"
     if marker.exists() and json.loads(marker.read_text()) == asdict(synth_cfg):
         return folder / "video.mp4"
-    video = generate(synth_cfg, folder, progress=True).video
+    video = generate(synth_cfg, folder, progress=progress).video
     marker.write_text(json.dumps(asdict(synth_cfg)))
     return video
 

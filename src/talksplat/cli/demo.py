@@ -20,6 +20,7 @@ def register(subparsers) -> None:
     parser.add_argument("--engine-only", action="store_true",
                         help="only fit Gaussians to a photo (seconds): checks the rasterizer works")
     parser.add_argument("--iterations", type=int, default=300, help="iterations of --engine-only")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # seconds-scale, for tests
     parser.set_defaults(func=run)
 
@@ -45,7 +46,7 @@ def run_full_demo(args) -> int:
     minutes = cfg.estimated_minutes()
     print(f"talksplat demo: synthetic subject -> prepare -> train -> render, about {minutes:.0f} minutes on "
           f"2 idle cores (up to {2 * minutes:.0f} on a busy machine). Re-running resumes where it stopped.")
-    result = run_demo(args.output, cfg)
+    result = run_demo(args.output, cfg, quiet=args.quiet)
     held = result["held_out"].get("finetune", {})
     lips = held.get("mouth_opening_corr")
     lips = f", mouth-opening correlation {lips:.2f}" if lips is not None else ""

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from talksplat.data.subject import SubjectData
-from talksplat.engine.checkpoint import latest_checkpoint, load_checkpoint, read_meta
+from talksplat.engine.checkpoint import load_latest_valid, newest_readable_meta
 from talksplat.engine.contract import Conditioner, Conditions, Recipe, View
 from talksplat.engine.runs import check_fingerprint, resolve_run
 from talksplat.engine.trainer import Engine, build_recipe, restore
@@ -102,17 +102,17 @@ def load_avatar(path: Path, recipes: Mapping[str, type[Recipe]], recipe: str | N
     """Loads the newest checkpoint of the run ``path`` means (see ``runs.resolve_run``) into its recipe
     (weights only: the optimizer moments stay on disk)."""
     subject_dir, run_dir = resolve_run(Path(path), recipe, run)
-    ckpt = latest_checkpoint(run_dir / "checkpoints")
-    if ckpt is None:
+    meta = newest_readable_meta(run_dir / "checkpoints")
+    if meta is None:
         raise TalksplatError(f"no trained model in {run_dir}; run `talksplat train {subject_dir}` first")
-    name = read_meta(ckpt)["recipe"]
+    name = meta["recipe"]
     if recipe is not None and name != recipe:
         raise TalksplatError(f"run {run_dir} was trained with recipe {name!r}, not {recipe!r}; pass --recipe {name}")
     if name not in recipes:
         raise TalksplatError(f"run {run_dir} was trained with recipe {name!r}, which this talksplat does not have "
                              f"({', '.join(sorted(recipes))}); use the talksplat version that trained it")
     recipe_cls = recipes[name]
-    tensors, cfg, meta = load_checkpoint(ckpt, recipe=name, config_type=recipe_cls.Config)
+    ckpt, tensors, cfg, meta = load_latest_valid(run_dir / "checkpoints", recipe=name, config_type=recipe_cls.Config)
     fix = f"retrain with `talksplat train {subject_dir} --recipe {name} --restart`"
     check_fingerprint(meta.get("subject") or {}, subject_dir, fix)
     engine = Engine(build_recipe(recipe_cls, subject_dir, cfg))

@@ -27,6 +27,10 @@ from talksplat.errors import TalksplatError
 
 # 2: the engine's layout (Gaussian sets, named optimizers), the subject fingerprint and a tensors digest.
 FORMAT_VERSION = 2
+
+
+class DamagedCheckpoint(TalksplatError):
+    """A checkpoint whose files are unreadable, inconsistent or corrupted (an older one may be fine)."""
 TENSORS_FILE = "tensors.safetensors"
 META_FILE = "meta.json"
 STEP_PREFIX = "step-"
@@ -83,18 +87,17 @@ def read_meta(path: Path) -> dict:
     try:
         meta = json.loads(where.read_text())
     except (OSError, ValueError) as exc:
-        raise TalksplatError(f"checkpoint {path} is unreadable ({exc}); delete it to fall back "
-                             "to the previous one") from exc
+        raise DamagedCheckpoint(f"checkpoint {path} is unreadable ({exc})") from exc
     if not isinstance(meta, dict):
-        raise TalksplatError(f"{where} is not a checkpoint description (a JSON object); delete the checkpoint")
+        raise DamagedCheckpoint(f"{where} is not a checkpoint description (a JSON object)")
     if meta.get("format_version") != FORMAT_VERSION:
         raise TalksplatError(f"checkpoint {path} has format {meta.get('format_version')!r}, this talksplat "
                              f"reads {FORMAT_VERSION}; retrain with --restart or use the talksplat version that wrote it")
     expected = {"recipe": str, "step": int, "config": dict, "progress": dict, "tensors_sha256": str}
     for key, kind in expected.items():
         if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
-            raise TalksplatError(f"{where}: field {key!r} is missing or not a {kind.__name__}; the checkpoint "
-                                 "is damaged: delete it to fall back to the previous one")
+            raise DamagedCheckpoint(f"{where}: field {key!r} is missing or not a {kind.__name__}; the checkpoint "
+                                 "is damaged")
     return meta
 
 
@@ -109,15 +112,45 @@ def load_checkpoint(path: Path, *, recipe: str | None, config_type) -> tuple[dic
                              f"not {recipe!r}; pass --recipe {meta['recipe']} (or another run folder)")
     config = config_from_dict(config_type, meta["config"])
     if _sha256(path / TENSORS_FILE) != meta["tensors_sha256"]:
-        raise TalksplatError(f"checkpoint {path} is damaged (its tensors do not match the digest recorded "
-                             "when it was written); delete it to fall back to the previous one")
+        raise DamagedCheckpoint(f"checkpoint {path} is damaged (its tensors do not match the digest recorded "
+                             "when it was written)")
     try:
         tensors = load_file(str(path / TENSORS_FILE))
     except (OSError, ValueError, SafetensorError) as exc:
-        raise TalksplatError(f"checkpoint {path} is unreadable ({exc}); delete it to fall back "
-                             "to the previous one") from exc
+        raise DamagedCheckpoint(f"checkpoint {path} is unreadable ({exc})") from exc
     for name, value in tensors.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise TalksplatError(f"checkpoint {path} holds NaN/inf values in {name}; delete it to fall back "
-                                 "to the previous one")
+            raise DamagedCheckpoint(f"checkpoint {path} holds NaN/inf values in {name}")
     return tensors, config, meta
+
+
+def load_latest_valid(folder: Path, *, recipe: str | None, config_type, warn=None):
+    """(path, tensors, config, meta) of the newest checkpoint in ``folder`` that loads; a damaged one is
+    skipped with a warning (the previous one is used). None when there is no checkpoint; the newest
+    error when every checkpoint is damaged."""
+    import warnings
+
+    found = list_checkpoints(folder)
+    first_error = None
+    for path in reversed(found):
+        try:
+            tensors, config, meta = load_checkpoint(path, recipe=recipe, config_type=config_type)
+        except DamagedCheckpoint as exc:
+            first_error = first_error or exc
+            (warn or warnings.warn)(f"{exc}; trying the previous checkpoint")
+            continue
+        return path, tensors, config, meta
+    if first_error is not None:
+        raise DamagedCheckpoint(f"{first_error}, and no older checkpoint in {folder} loads; start over with "
+                                "--restart") from first_error
+    return None
+
+
+def newest_readable_meta(folder: Path) -> dict | None:
+    """meta.json of the newest checkpoint whose meta is readable (for dispatching on the recipe)."""
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            return read_meta(path)
+        except DamagedCheckpoint:
+            continue
+    return None

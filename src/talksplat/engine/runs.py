@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from talksplat.data.subject import subject_fingerprint
-from talksplat.engine.checkpoint import latest_checkpoint, read_meta
+from talksplat.engine.checkpoint import latest_checkpoint, newest_readable_meta
 from talksplat.errors import TalksplatError
 
 RUNS_DIR = "runs"
@@ -47,8 +47,7 @@ def resolve_run(path: Path, recipe: str | None = None, run: Path | None = None) 
     if run is not None:
         return path, Path(run)
     if is_run(path) and not (path / "subject.json").is_file():
-        ckpt = latest_checkpoint(path / "checkpoints")
-        meta = read_meta(ckpt) if ckpt else {}
+        meta = newest_readable_meta(path / "checkpoints") or {}
         return subject_of_run(path, meta), path
     if not (path / "subject.json").is_file():
         raise TalksplatError(f"{path} is not a prepared subject (no subject.json) nor a run; run "

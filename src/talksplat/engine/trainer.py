@@ -8,6 +8,7 @@ Layout of a run (inside the subject folder by default)::
         checkpoints/step-N/    safetensors + meta.json, written atomically; newest two kept
         previews/step-N.png    ground truth | render of a held-out frame
         log.jsonl              one line of stats per logged step
+        curves.png             training loss and PSNR against the step, stages marked
         summary.json           per-stage held-out scores, wall time, iteration time
 
 Resuming: re-running ``train`` continues from the newest checkpoint, bitwise as if never stopped.
@@ -30,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from talksplat.data.subject import load_subject_data
-from talksplat.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from talksplat.engine.checkpoint import load_latest_valid, save_checkpoint
 from talksplat.engine.config import config_to_dict, differences
 from talksplat.engine.contract import Batch, Recipe, Stage, View
 from talksplat.engine.evaluate import evaluate_held_out, to_uint8
@@ -223,10 +224,10 @@ def train(subject_dir: Path, recipe_cls: type[Recipe], recipe_cfg=None, trainer_
     _check_run_folder(out_dir)
     if restart:
         _clear_run(out_dir)
-    latest = latest_checkpoint(out_dir / "checkpoints")
-    state, start, elapsed_before, stage_scores = None, 0, 0.0, {}
-    if latest is not None:
-        state, saved_cfg, meta = load_checkpoint(latest, recipe=recipe_cls.name, config_type=recipe_cls.Config)
+    found = load_latest_valid(out_dir / "checkpoints", recipe=recipe_cls.name, config_type=recipe_cls.Config)
+    state, latest, start, elapsed_before, stage_scores = None, None, 0, 0.0, {}
+    if found is not None:
+        latest, state, saved_cfg, meta = found
         check_fingerprint(meta.get("subject") or {}, subject_dir, f"`talksplat train {subject_dir} --restart`")
         if recipe_cfg is not None and recipe_cfg != saved_cfg:
             raise TalksplatError(_differs_message(out_dir, saved_cfg, recipe_cfg))
@@ -353,4 +354,33 @@ class _Loop:
                    "held_out_by_stage": self.stage_scores, "threads": torch.get_num_threads(),
                    **self.recipe.summary_extras()}
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        plot_training_curves(self.out_dir / "log.jsonl", self.out_dir / "curves.png", self.engine.stages)
         return summary
+
+
+def plot_training_curves(log_path: Path, out_path: Path, stages: list[Stage]) -> None:
+    """Loss and training PSNR from ``log.jsonl`` against the step, with the stage boundaries."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    fig, (ax_loss, ax_psnr) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    ax_loss.semilogy(steps, [r["loss"] for r in rows], lw=0.8)
+    ax_loss.set_ylabel("loss (weighted sum)")
+    ax_psnr.plot(steps, [r["psnr"] for r in rows], lw=0.8)
+    ax_psnr.set_ylabel("training PSNR (dB)")
+    ax_psnr.set_xlabel("step")
+    start = 0
+    for stage in stages:
+        for ax in (ax_loss, ax_psnr):
+            ax.axvline(start, color="grey", lw=0.5, ls="--")
+        ax_loss.text(start, 1.0, f" {stage.name}", transform=ax_loss.get_xaxis_transform(), va="top", fontsize=8)
+        start += stage.iterations
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)

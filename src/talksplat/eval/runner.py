@@ -120,12 +120,13 @@ def evaluate_subject(subject_dir: Path, run_dir: Path | None = None, audio: Path
         from talksplat.eval.lpips import load_lpips
 
         lpips_model = load_lpips(Path(config.lpips_weights))
+    samples = None if audio is None else _driving_samples(Path(audio))   # bad audio fails before the model loads
     renderer = Renderer.open(subject_dir, recipe, run_dir)
     run = renderer.avatar.run.run_dir
     if audio is None:
         result, clip = _self_reconstruction(renderer, config, lpips_model)
     else:
-        result, clip = _cross_driven(renderer, Path(audio), config)
+        result, clip = _cross_driven(renderer, Path(audio), samples, config)
     result = {"format": EVAL_FORMAT, "format_version": EVAL_FORMAT_VERSION, "subject": str(subject_dir.resolve()),
               "run": str(run.resolve()), "recipe": renderer.avatar.recipe_name, **result,
               "efficiency": {**training_cost(run), **render_speed(clip.render_seconds, renderer.data.size)},
@@ -220,15 +221,23 @@ def _self_reconstruction(renderer, config: EvalConfig, lpips_model) -> tuple[dic
 
 
 @torch.no_grad()
-def _cross_driven(renderer, audio: Path, config: EvalConfig) -> tuple[dict, _Clip]:
+def _driving_samples(audio: Path) -> np.ndarray:
+    """The driving speech, checked: decodable, not too long, long enough for the stability score."""
     from talksplat.features.audio import num_frames_for_samples
-    from talksplat.render.renderer import RenderOptions, load_driving_audio
+    from talksplat.render.renderer import load_driving_audio
 
     samples = load_driving_audio(audio)
-    n = num_frames_for_samples(len(samples))
-    if n < M.STABILITY_MIN_FRAMES:
+    if num_frames_for_samples(len(samples)) < M.STABILITY_MIN_FRAMES:
         raise TalksplatError(f"{audio} is {len(samples) / SAMPLE_RATE:.2f} s long; at least "
                              f"{M.STABILITY_MIN_FRAMES / FPS:.2f} s is needed")
+    return samples
+
+
+def _cross_driven(renderer, audio: Path, samples: np.ndarray, config: EvalConfig) -> tuple[dict, _Clip]:
+    from talksplat.features.audio import num_frames_for_samples
+    from talksplat.render.renderer import RenderOptions
+
+    n = num_frames_for_samples(len(samples))
     data = renderer.data
     ours, seconds = [], []
     generator = renderer.render_frames(samples, RenderOptions(pose=config.pose))
