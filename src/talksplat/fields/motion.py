@@ -40,6 +40,13 @@ class MotionFieldConfig:
     # any unit (talksplat's head frame is in mm): without this, an MLP starting at zero needs
     # thousands of Adam steps before lips move by millimetres, and the mouth never learns to move.
     position_unit: float = 0.05
+    # Per-position attention vectors weighting the audio and expression conditions (TalkingGaussian's
+    # region attention, eq. 4). False feeds the conditions to the MLP as they are (UniGS: one field
+    # for every region, conditions concatenated to the position features).
+    region_attention: bool = True
+    # Size of further global conditions (e.g. UniGS's head pose), concatenated to the MLP input as
+    # they are; 0 = none.
+    extra_dim: int = 0
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int, layers: int) -> nn.Sequential:
@@ -77,12 +84,16 @@ class MotionField(nn.Module):
         self.register_buffer("box_min", (box_min - pad).float())
         self.register_buffer("box_max", (box_max + pad).float())
         self.encoding = TriPlaneHashEncoding(config.grid)
+        if config.extra_dim < 0:
+            raise ValueError("extra_dim must be >= 0")
         enc = self.encoding.output_dim
-        self.audio_attention = mlp(enc, config.attention_hidden, config.audio_dim, 2)
+        attend = config.region_attention
+        self.audio_attention = mlp(enc, config.attention_hidden, config.audio_dim, 2) if attend else None
         self.expression_attention = (mlp(enc, config.attention_hidden, config.expression_dim, 2)
-                                     if config.expression_dim else None)
+                                     if config.expression_dim and attend else None)
         out_dim = sum(DEFORM_OUTPUTS[name] for name in config.outputs)
-        self.head = mlp(enc + config.audio_dim + config.expression_dim, config.hidden, out_dim, config.layers)
+        self.head = mlp(enc + config.audio_dim + config.expression_dim + config.extra_dim, config.hidden, out_dim,
+                        config.layers)
         # Start from the identity deformation: stage 2 begins where the static stage ended.
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
@@ -92,31 +103,40 @@ class MotionField(nn.Module):
         unit = (means - self.box_min) / (self.box_max - self.box_min)
         return (unit * 2 - 1) * bound
 
-    def forward(self, canonical_means: Tensor, audio: Tensor, expression: Tensor | None = None) -> Deformation:
-        if self.expression_attention is not None and expression is None:
+    def forward(self, canonical_means: Tensor, audio: Tensor, expression: Tensor | None = None,
+                extra: Tensor | None = None) -> Deformation:
+        if self.config.expression_dim and expression is None:
             raise ValueError("this motion field needs expression coefficients")
+        if self.config.extra_dim and extra is None:
+            raise ValueError(f"this motion field needs {self.config.extra_dim} extra condition values")
         if not self.training and not torch.is_grad_enabled():
-            return self._forward_cached(canonical_means, audio, expression)
+            return self._forward_cached(canonical_means, audio, expression, extra)
         # The canonical positions are learned by the static stage; the motion field treats them as
         # inputs, so no gradient flows into them through the grid.
         encoded = self.encoding(self.normalise(canonical_means.detach()), input_gradients=False)
         n = encoded.shape[0]
-        conditions = [audio.expand(n, -1) * self.audio_attention(encoded)]
-        if self.expression_attention is not None:
-            conditions.append(expression.expand(n, -1) * self.expression_attention(encoded))
+        conditions = [_weighted(audio.expand(n, -1), self.audio_attention, encoded)]
+        if self.config.expression_dim:
+            conditions.append(_weighted(expression.expand(n, -1), self.expression_attention, encoded))
+        if self.config.extra_dim:
+            conditions.append(extra.expand(n, -1))
         raw = self.head(torch.cat([encoded, *conditions], dim=-1))
         return self._split(raw, n)
 
-    def _forward_cached(self, canonical_means: Tensor, audio: Tensor, expression: Tensor | None) -> Deformation:
+    def _forward_cached(self, canonical_means: Tensor, audio: Tensor, expression: Tensor | None,
+                        extra: Tensor | None = None) -> Deformation:
         """Inference: the grid encoding, the attention vectors and the encoding's share of the first
         layer depend only on the (fixed) canonical positions, so they are computed once; per frame
         only the conditions' share and the remaining layers run. Same result as the training path."""
         static = self._static_part(canonical_means)
-        first = self.head[0]
-        enc_dim, audio_dim = self.encoding.output_dim, self.config.audio_dim
-        hidden = static["projected"] + (static["audio_attention"] * audio) @ first.weight[:, enc_dim:enc_dim + audio_dim].T
-        if self.expression_attention is not None:
-            hidden = hidden + (static["expression_attention"] * expression) @ first.weight[:, enc_dim + audio_dim:].T
+        weight = self.head[0].weight
+        cfg, enc_dim = self.config, self.encoding.output_dim
+        a0, e0, x0 = enc_dim, enc_dim + cfg.audio_dim, enc_dim + cfg.audio_dim + cfg.expression_dim
+        hidden = static["projected"] + _weighted(audio, static.get("audio_attention")) @ weight[:, a0:e0].T
+        if cfg.expression_dim:
+            hidden = hidden + _weighted(expression, static.get("expression_attention")) @ weight[:, e0:x0].T
+        if cfg.extra_dim:
+            hidden = hidden + extra @ weight[:, x0:].T
         raw = self.head[1:](hidden)
         return self._split(raw, raw.shape[0])
 
@@ -129,8 +149,9 @@ class MotionField(nn.Module):
             return cache[1]
         encoded = self.encoding(self.normalise(canonical_means), input_gradients=False)
         first = self.head[0]
-        static = {"projected": encoded @ first.weight[:, :encoded.shape[1]].T + first.bias,
-                  "audio_attention": self.audio_attention(encoded)}
+        static = {"projected": encoded @ first.weight[:, :encoded.shape[1]].T + first.bias}
+        if self.audio_attention is not None:
+            static["audio_attention"] = self.audio_attention(encoded)
         if self.expression_attention is not None:
             static["expression_attention"] = self.expression_attention(encoded)
         self._inference_cache = (key, static)
@@ -150,13 +171,25 @@ class MotionField(nn.Module):
                            d_opacity_logits=parts.get("opacity", zeros["opacity"])[:, 0])
 
     def region_attention(self, canonical_means: Tensor) -> dict[str, Tensor]:
-        """Per-Gaussian attention magnitudes (for visualising which regions follow which signal)."""
+        """Per-Gaussian attention magnitudes (for visualising which regions follow which signal);
+        empty without region attention."""
+        if self.audio_attention is None:
+            return {}
         with torch.no_grad():
             encoded = self.encoding(self.normalise(canonical_means), input_gradients=False)
             out = {"audio": self.audio_attention(encoded).abs().mean(-1)}
             if self.expression_attention is not None:
                 out["expression"] = self.expression_attention(encoded).abs().mean(-1)
         return out
+
+
+def _weighted(condition: Tensor, attention: nn.Module | Tensor | None, encoded: Tensor | None = None) -> Tensor:
+    """A condition weighted by its region attention (a network applied to ``encoded``, or its cached
+    output); unchanged without attention."""
+    if attention is None:
+        return condition
+    weights = attention(encoded) if isinstance(attention, nn.Module) else attention
+    return condition * weights
 
 
 @dataclass

@@ -13,8 +13,9 @@ from talksplat.engine.avatar import load_avatar as _load_avatar
 from talksplat.engine.contract import Recipe
 from talksplat.errors import TalksplatError
 from talksplat.recipes.talkinggaussian import TalkingGaussian
+from talksplat.recipes.unigs import UniGS
 
-RECIPES: dict[str, type[Recipe]] = {cls.name: cls for cls in (TalkingGaussian,)}
+RECIPES: dict[str, type[Recipe]] = {cls.name: cls for cls in (TalkingGaussian, UniGS)}
 DEFAULT_RECIPE = TalkingGaussian.name
 
 

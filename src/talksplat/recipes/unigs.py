@@ -1,0 +1,398 @@
+"""UniGS (one Gaussian field for head, hair and torso; UniGS Sec. 3) as a composition of shared parts.
+
+- One Gaussian set (``portrait``) in the head frame (world = head, cameras from ``prepare``),
+  initialised from random points in a cube around the subject (not seeded from the face), coloured
+  by the pixel each point projects to in the first training frame.
+- It renders everything but the static background plate: head, hair, neck and torso. Its backdrop is
+  the plate only (``SubjectData.background``), never a frame's torso; paste-back is the renderer's.
+- Stages: static (no deformation; L1 + 0.2 D-SSIM), then deformation: one MLP (3 layers) on
+  tri-plane hash features (L = 12, F = 2) concatenated with the audio code, the eye features (the
+  two eye-blink coefficients) and the head pose (R, t of the view's camera) predicts delta position,
+  log-scale and rotation for every Gaussian (``fields.motion.MotionField`` without region attention).
+- Losses of the deformation stage: L1 + 0.2 D-SSIM, region L1 on mouth (0.1), hair (0.05) and torso +
+  neck (0.1) from the prepared label maps, motion regularisation 1e-5 * (|dmu| + |dr| + |dalpha| + |ds|),
+  and a patch term (0.2). The paper's patch term is LPIPS; no LPIPS weights exist offline, so
+  ``patch_perceptual`` is a SUBSTITUTE: D-SSIM plus image-gradient L1 on random patches (positions
+  drawn from the recipe's generator, so a resumed run draws the same patches).
+
+Ablations as config switches: the hash grid (``deformation.grid.num_levels``,
+``deformation.grid.features_per_level``; the paper's Table 2) and the deformed attributes
+(``deformation.outputs``, any of position, scale, rotation, opacity, color; its Table 3).
+
+The audio condition is talksplat's lip state by default, as in the TalkingGaussian recipe (the
+paper's speech-model features do not ship offline; docs/training.md says why).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from talksplat.core.labels import BACKGROUND, HAIR, INSIDE_MOUTH, LIPS, NECK, TORSO
+from talksplat.data.subject import SubjectData
+from talksplat.engine.conditioning import AudioExpressionConditioner
+from talksplat.engine.config import RecipeConfig
+from talksplat.engine.contract import Batch, Conditions, Recipe, Stage, View
+from talksplat.engine.losses import ssim
+from talksplat.features.expression import CORE_NAMES
+from talksplat.fields.hashgrid import HashGridConfig
+from talksplat.fields.motion import (
+    DEFORM_OUTPUTS,
+    AudioEncoder,
+    AudioEncoderConfig,
+    Deformation,
+    LipStateEncoder,
+    LipStateEncoderConfig,
+    MotionField,
+    MotionFieldConfig,
+)
+from talksplat.gaussians import rasterize
+from talksplat.gaussians.gaussian_set import DensifyConfig, GaussianSet
+from talksplat.gaussians.model import GaussianLearningRates
+
+AUDIO_CONDITIONS = ("lipstate", "learned")
+SET_NAME = "portrait"
+# Eye features fed to the deformation: the eye-blink coefficients of the expression condition.
+EYE_FEATURES = ("eyeBlinkLeft", "eyeBlinkRight")
+EYE_COLUMNS = tuple(CORE_NAMES.index(name) for name in EYE_FEATURES)
+# Head pose condition: the camera's rotation (9 entries) and translation (3) in the head frame.
+POSE_DIM = 12
+# Pose entries are standardised by their spread over the training frames; entries that barely vary
+# (a still camera axis) are divided by at least this much, so noise is not blown up.
+POSE_STD_FLOOR = {"rotation": 1e-3, "translation": 1e-1}
+# Region L1 terms: label values of each region (core.labels). "torso" covers torso and neck: both
+# are what TalkingGaussian copies from the frame and UniGS renders.
+REGIONS = {"mouth": (LIPS, INSIDE_MOUTH), "hair": (HAIR,), "torso": (TORSO, NECK)}
+
+
+@dataclass
+class StageIterations:
+    static: int = 1500
+    deform: int = 3000
+
+
+@dataclass
+class UniGSLosses:
+    """Weights of the named loss terms (the engine multiplies and sums). Paper values."""
+
+    l1: float = 1.0
+    dssim: float = 0.2
+    mouth: float = 0.1
+    hair: float = 0.05
+    torso: float = 0.1             # torso + neck labels
+    motion_reg: float = 1e-5       # * (|d mean| + |d rotation| + |d opacity| + |d scale|), means over Gaussians
+    # SUBSTITUTE for the paper's LPIPS on patches (no LPIPS weights offline): D-SSIM + gradient L1.
+    patch_perceptual: float = 0.2
+
+
+@dataclass
+class PatchLossConfig:
+    """Random patches of the patch term (their centres lie on the portrait, not the plate)."""
+
+    patches: int = 4
+    size_fraction: float = 0.125   # patch side / image side (32 px at 256^2)
+    min_size: int = 16             # the 11-px SSIM window needs room
+
+
+def _default_deformation() -> MotionFieldConfig:
+    # L = 12, F = 2 as in the paper; conditions concatenated (no region attention): audio code (32),
+    # eye features (2), head pose (12).
+    return MotionFieldConfig(grid=HashGridConfig(num_levels=12, features_per_level=2, log2_hashmap_size=14),
+                             audio_dim=32, expression_dim=len(EYE_FEATURES), extra_dim=POSE_DIM,
+                             region_attention=False, hidden=64, layers=3,
+                             outputs=("position", "scale", "rotation"))
+
+
+@dataclass
+class UniGSConfig(RecipeConfig):
+    iterations: StageIterations = field(default_factory=StageIterations)
+    losses: UniGSLosses = field(default_factory=UniGSLosses)
+    init_points: int = 10_000
+    # Side of the initial cube as a fraction of the crop's width at the subject's depth.
+    cube_scale: float = 1.0
+    # Initial Gaussian size as a fraction of the spacing of the random points: at the full spacing
+    # the points nearest the camera cover > 15% of the image, and densification prunes them at once.
+    init_scale: float = 0.5
+    max_gaussians: int = 40_000
+    # Position learning rate in pixels per step at the subject's depth (as TalkingGaussian's).
+    lr_means_px: float = 0.05
+    lr_motion: float = 2e-3
+    lr_grid: float = 1e-2
+    refine_every: int = 100
+    deformation: MotionFieldConfig = field(default_factory=_default_deformation)
+    # "lipstate": audio -> lip shape predicted by a ridge map fitted on the training frames -> code
+    # (features/lipstate.py); "learned": AudioNet on the raw features, trained end to end.
+    audio_condition: str = "lipstate"
+    lip_state: LipStateEncoderConfig = field(default_factory=LipStateEncoderConfig)
+    lip_state_noise: float = 0.0
+    lip_state_max_gain: float = 2.0
+    audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+    patch: PatchLossConfig = field(default_factory=PatchLossConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        if min(self.iterations.static, self.iterations.deform) < 0:
+            raise ValueError("stage iteration counts must be >= 0")
+        if self.audio_condition not in AUDIO_CONDITIONS:
+            raise ValueError(f"audio_condition must be one of {AUDIO_CONDITIONS} (got {self.audio_condition!r})")
+        if min(self.init_points, self.refine_every, self.max_gaussians) < 1 or min(self.cube_scale,
+                                                                                    self.init_scale) <= 0:
+            raise ValueError("init_points, refine_every, max_gaussians, cube_scale and init_scale must be positive")
+        self._validate_deformation()
+        if self.patch.patches < 1 or not 0 < self.patch.size_fraction <= 1 or self.patch.min_size < 1:
+            raise ValueError("patch.patches and patch.min_size must be >= 1, patch.size_fraction in (0, 1]")
+
+    def _validate_deformation(self) -> None:
+        d = self.deformation
+        unknown = set(d.outputs) - set(DEFORM_OUTPUTS)
+        if not d.outputs or unknown:
+            raise ValueError(f"deformation.outputs must be some of {', '.join(DEFORM_OUTPUTS)} (got {list(d.outputs)})")
+        code_dim = self.lip_state.out_dim if self.audio_condition == "lipstate" else self.audio.out_dim
+        fed = {"audio_dim": code_dim, "expression_dim": len(EYE_FEATURES), "extra_dim": POSE_DIM}
+        for name, size in fed.items():
+            if getattr(d, name) != size:
+                raise ValueError(f"deformation.{name} must be {size}, the size of what UniGS feeds it "
+                                 f"(got {getattr(d, name)})")
+
+
+class UniGS(Recipe):
+    """One Gaussian set for the whole portrait, one deformation field, the audio encoder."""
+
+    name = "unigs"
+    paper = "UniGS: unified head, hair and torso Gaussian field for talking portraits (Sec. 3)"
+    Config = UniGSConfig
+    required_channels = ("frames", "masks", "w2c", "expressions", "audio", "lip_shapes")
+    presets: ClassVar[dict[str, dict[str, object]]] = {
+        "draft": {"size": 128, "iterations.static": 300, "iterations.deform": 700},
+        "default": {},
+        "high": {"size": 512, "iterations.static": 4000, "iterations.deform": 12000, "max_gaussians": 100_000},
+    }
+    test_overrides: ClassVar[dict[str, object]] = {
+        "size": 64, "init_points": 2000, "refine_every": 4, "iterations.static": 10, "iterations.deform": 8}
+
+    def __init__(self, data: SubjectData, cfg: UniGSConfig, rng: np.random.Generator) -> None:
+        super().__init__(data, cfg, rng)
+        depth = float(data.w2c[:, 2, 3].median())
+        lrs = GaussianLearningRates(means=cfg.lr_means_px * depth / float(data.K[0, 0]))
+        densify = DensifyConfig(max_gaussians=cfg.max_gaussians, refine_every=cfg.refine_every,
+                                refine_start=cfg.refine_every * 2,
+                                refine_stop=cfg.iterations.static + cfg.iterations.deform // 2)
+        points, colors = cube_points(data, cfg.init_points, cfg.cube_scale, rng)
+        self.sets[SET_NAME] = GaussianSet(points, colors, lrs, densify)
+        with torch.no_grad():   # before any optimizer step: Adam has no state to keep in step
+            self.sets[SET_NAME].params["log_scales"].add_(math.log(cfg.init_scale))
+        self.deformation = MotionField(cfg.deformation, points.min(0).values, points.max(0).values)
+        mean, std = pose_statistics(data.w2c[torch.as_tensor(data.train_frames)])
+        self.register_buffer("pose_mean", mean)
+        self.register_buffer("pose_std", std)
+        self.lip_states: Tensor | None = None
+        self.lip_state_fit: dict = {}
+        if cfg.audio_condition == "lipstate":
+            self.audio, self.lip_states, self.lip_state_fit = fit_lip_state_encoder(
+                data, cfg.lip_state, cfg.lip_state_max_gain)
+        else:
+            self.audio = AudioEncoder(replace(cfg.audio, window=int(data.audio.shape[1]),
+                                              input_dim=int(data.audio.shape[2])))
+            self.audio.fit_normalisation(data.audio[torch.as_tensor(data.train_frames)])
+
+    # ---------------------------------------------------------------------------------- structure
+    def stages(self) -> list[Stage]:
+        it = self.cfg.iterations
+        return [Stage("static", it.static, trains=("gaussians",), densify=True),
+                Stage("deform", it.deform, trains=("gaussians", "networks"), densify=True, deform=True)]
+
+    def network_param_groups(self) -> list[dict]:
+        cfg = self.cfg
+        others = [p for n, p in self.deformation.named_parameters() if not n.startswith("encoding.")]
+        return [{"name": "audio", "params": list(self.audio.parameters()), "lr": cfg.lr_motion},
+                {"name": "deformation_grid", "params": [self.deformation.encoding.embeddings], "lr": cfg.lr_grid},
+                {"name": "deformation", "params": others, "lr": cfg.lr_motion}]
+
+    # ---------------------------------------------------------------------------------- conditions
+    def conditions(self, frame: int) -> Conditions:
+        """The avatar's own conditions for frame t: audio code from the recorded audio, its expression
+        (the eye features are read from it; the head pose comes from the view's camera)."""
+        return {"audio_code": self.audio(self.data.audio, frame), "expression": self.data.expressions[frame]}
+
+    def training_conditions(self, frame: int, stage: Stage) -> Conditions:
+        """Lipstate: the tracked lip states (plus noise) teacher-force the audio code; learned: the audio."""
+        if self.lip_states is None:
+            return self.conditions(frame)
+        noisy = self.lip_states + self.cfg.lip_state_noise * torch.randn_like(self.lip_states)
+        return {"audio_code": self.audio.from_states(noisy, frame), "expression": self.data.expressions[frame]}
+
+    def conditioner(self) -> AudioExpressionConditioner:
+        train = torch.as_tensor(self.data.train_frames)
+        neutral = self.data.expressions[train].median(dim=0).values
+        return AudioExpressionConditioner(self.audio, self.data.expressions, neutral, self.cfg.audio_feature)
+
+    def pose_condition(self, w2c: Tensor) -> Tensor:
+        """The head pose (R, t of the camera in the head frame), standardised over the training frames."""
+        return (pose_vector(w2c) - self.pose_mean) / self.pose_std
+
+    # ---------------------------------------------------------------------------------- rendering
+    def _deformed(self, conditions: Conditions | None, w2c: Tensor) -> tuple[dict[str, Tensor], Deformation | None]:
+        gaussians = self.sets[SET_NAME]
+        if conditions is None:
+            return gaussians.activated(), None
+        p = gaussians.params
+        eyes = conditions["expression"][list(EYE_COLUMNS)]
+        d = self.deformation(p["means"], conditions["audio_code"], eyes, self.pose_condition(w2c))
+        return {"means": p["means"] + d.d_means, "quats": p["quats"] + d.d_quats,
+                "scales": torch.exp(p["log_scales"] + d.d_log_scales),
+                "opacities": torch.sigmoid(p["opacity_logits"] + d.d_opacity_logits),
+                "colors": p["colors"] + d.d_colors}, d
+
+    def forward(self, view: View, conditions: Conditions | None, stage: Stage | None = None) -> dict:
+        size, K = self.cfg.size, self.data.K
+        w2c = self.data.w2c[view.frame] if view.w2c is None else view.w2c
+        # The plate only: torso and neck are rendered, never copied from a frame (a caller may still
+        # pass another backdrop explicitly).
+        backdrop = self.data.background if view.backdrop is None else view.backdrop
+        gaussians, deformation = self._deformed(conditions, w2c)
+        out = rasterize(*gaussians.values(), w2c, K, size, size)
+        return {"image": out.image + (1.0 - out.alpha) * backdrop, "alpha": out.alpha, "head": out.image,
+                "metas": {SET_NAME: out.meta}, "deformation": deformation}
+
+    # ---------------------------------------------------------------------------------- training
+    def losses(self, outputs: dict, batch: Batch, stage: Stage) -> dict[str, Tensor]:
+        image, target = outputs["image"], batch.image
+        terms = {"l1": (image - target).abs().mean(), "dssim": 1 - ssim(image, target)}
+        if not stage.deform:
+            return terms     # the static stage: L1 + 0.2 D-SSIM
+        weights = self.cfg.losses
+        labels = self.data.labels(batch.frame)
+        for name, values in REGIONS.items():
+            if getattr(weights, name) > 0:
+                terms[name] = region_l1(image, target, torch.isin(labels, torch.tensor(values)))
+        if weights.motion_reg > 0 and outputs["deformation"] is not None:
+            terms["motion_reg"] = motion_magnitude(outputs["deformation"])
+        if weights.patch_perceptual > 0:
+            terms["patch_perceptual"] = self._patch_loss(image, target, labels)
+        return terms
+
+    def _patch_loss(self, image: Tensor, target: Tensor, labels: Tensor) -> Tensor:
+        """Mean patch structure loss over random patches centred on the portrait (the substitute)."""
+        corners = patch_corners(labels, self.cfg.patch, self.rng)
+        side = patch_side(labels.shape[0], self.cfg.patch)
+        losses = [patch_structure_loss(image[y:y + side, x:x + side], target[y:y + side, x:x + side])
+                  for y, x in corners]
+        return torch.stack(losses).mean()
+
+    def summary_extras(self) -> dict:
+        extras = {"patch_perceptual": "substitute for LPIPS: D-SSIM + image-gradient L1 on random patches"}
+        if self.lip_state_fit:
+            extras["lip_state_map"] = self.lip_state_fit
+        return extras
+
+
+# ------------------------------------------------------------------------------------ losses
+def region_l1(image: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean |image - target| over the pixels of ``mask`` (H, W) only; 0 when the region is empty."""
+    pixels = mask.sum()
+    if int(pixels) == 0:
+        return image.new_zeros(())
+    diff = (image - target).abs() * mask[..., None]
+    return diff.sum() / (pixels * image.shape[-1])
+
+
+def motion_magnitude(d: Deformation) -> Tensor:
+    """|d mean| + |d rotation| + |d opacity| + |d scale|, each a mean over Gaussians and components."""
+    return d.d_means.abs().mean() + d.d_quats.abs().mean() + d.d_opacity_logits.abs().mean() + \
+        d.d_log_scales.abs().mean()
+
+
+def image_gradients(image: Tensor) -> tuple[Tensor, Tensor]:
+    return image[:, 1:] - image[:, :-1], image[1:] - image[:-1]
+
+
+def patch_structure_loss(patch: Tensor, target: Tensor) -> Tensor:
+    """D-SSIM plus the L1 between image gradients of a patch (H, W, C) and its target: structure and
+    edges, the offline substitute for LPIPS."""
+    gx, gy = image_gradients(patch)
+    tx, ty = image_gradients(target)
+    return (1 - ssim(patch, target)) + (gx - tx).abs().mean() + (gy - ty).abs().mean()
+
+
+def patch_side(size: int, cfg: PatchLossConfig) -> int:
+    return min(size, max(cfg.min_size, round(size * cfg.size_fraction)))
+
+
+def patch_corners(labels: Tensor, cfg: PatchLossConfig, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Top-left corners of ``cfg.patches`` patches whose centres are random portrait pixels (any
+    pixel when the frame has none), drawn from ``rng``."""
+    size = labels.shape[0]
+    side = patch_side(size, cfg)
+    ys, xs = np.nonzero(labels.numpy() != BACKGROUND)
+    if len(ys) == 0:
+        ys, xs = np.divmod(np.arange(size * size), size)
+    picks = rng.integers(0, len(ys), size=cfg.patches)
+    return [(_corner(ys[i], side, size), _corner(xs[i], side, size)) for i in picks]
+
+
+def _corner(centre: int, side: int, size: int) -> int:
+    """The first row (or column) of a ``side``-pixel window centred near ``centre``, inside the image."""
+    return int(min(max(int(centre) - side // 2, 0), size - side))
+
+
+# ------------------------------------------------------------------------------------ conditions
+def pose_vector(w2c: Tensor) -> Tensor:
+    """(..., 4, 4) camera -> (..., 12): rotation entries then translation."""
+    return torch.cat([w2c[..., :3, :3].flatten(-2), w2c[..., :3, 3]], dim=-1)
+
+
+def pose_statistics(w2c: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and (floored) std of :func:`pose_vector` over frames (T, 4, 4)."""
+    poses = pose_vector(w2c.float())
+    floor = torch.tensor([POSE_STD_FLOOR["rotation"]] * 9 + [POSE_STD_FLOOR["translation"]] * 3)
+    return poses.mean(0), torch.maximum(poses.std(0), floor)
+
+
+def fit_lip_state_encoder(data: SubjectData, cfg: LipStateEncoderConfig, max_gain: float):
+    """The lip-state audio encoder with its ridge map fitted on the training frames (as the
+    TalkingGaussian recipe does): (encoder, tracked states (T, k), a summary of the fit)."""
+    from talksplat.features.lipstate import LipBasis, fit_audio_to_lips
+
+    train = data.train_frames
+    basis = LipBasis.fit(data.lip_shapes[train], cfg.lip_dims)
+    states = basis.coefficients(data.lip_shapes)
+    fit = fit_audio_to_lips(data.audio[torch.as_tensor(train)].numpy(), states[train], max_gain=max_gain)
+    encoder = LipStateEncoder(replace(cfg, input_dim=int(np.prod(data.audio.shape[1:]))))
+    encoder.set_map(fit.x_mean, fit.x_std, fit.weight, fit.bias)
+    summary = {"ridge": fit.ridge, "cv_correlation": [round(float(c), 3) for c in fit.cv_correlation],
+               "gain": [round(float(g), 3) for g in fit.gain],
+               "explained_variance": [round(float(e), 3) for e in basis.explained]}
+    return encoder, torch.from_numpy(states), summary
+
+
+# ------------------------------------------------------------------------------------ initialisation
+def init_cube(data: SubjectData, scale: float) -> tuple[Tensor, float, int]:
+    """(centre in the camera frame of the first training frame, side, that frame): a cube around the
+    subject whose side is ``scale`` x the crop's width at the head's depth, centred on the crop's
+    centre ray at that depth."""
+    t = int(data.train_frames[0])
+    depth = float(data.w2c[t, 2, 3])
+    K, size = data.K, data.size
+    side = scale * size * depth / float(K[0, 0])
+    centre = torch.tensor([(size / 2 - float(K[0, 2])) / float(K[0, 0]) * depth,
+                           (size / 2 - float(K[1, 2])) / float(K[1, 1]) * depth, depth])
+    return centre, side, t
+
+
+def cube_points(data: SubjectData, n: int, scale: float, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+    """``n`` points uniform in :func:`init_cube` (world = head frame) and the colour of the pixel each
+    projects to in the cube's frame (points outside the image take the nearest border pixel)."""
+    centre, side, t = init_cube(data, scale)
+    cam = centre + torch.from_numpy(rng.uniform(-0.5, 0.5, (n, 3))).float() * side
+    w2c = data.w2c[t]
+    world = (cam - w2c[:3, 3]) @ w2c[:3, :3]           # x_world = R^T (x_cam - t)
+    K, size = data.K, data.size
+    u = (cam[:, 0] / cam[:, 2] * K[0, 0] + K[0, 2] - 0.5).round().long().clamp(0, size - 1)
+    v = (cam[:, 1] / cam[:, 2] * K[1, 1] + K[1, 2] - 0.5).round().long().clamp(0, size - 1)
+    colors = data.image(t)[v, u]
+    return world.float(), colors.float()

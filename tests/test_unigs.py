@@ -1,0 +1,255 @@
+"""UniGS specifics (the contract itself is checked by test_recipe_conformance.py): the region losses
+look only at their regions, the backdrop is the plate, the initialisation is a cube and not the face,
+the ablation switches change the model as documented, and MotionField's extension for it (no region
+attention, extra conditions) leaves the attention path as it was."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from talksplat.core.labels import BACKDROP_FROM_FRAME, HAIR, HEAD_LABELS, INSIDE_MOUTH, LIPS, NECK, TORSO
+from talksplat.engine.config import apply_overrides
+from talksplat.engine.contract import Stage, View
+from talksplat.engine.trainer import build_recipe
+from talksplat.errors import TalksplatError
+from talksplat.fields.hashgrid import HashGridConfig
+from talksplat.fields.motion import MotionField, MotionFieldConfig
+from talksplat.recipes.unigs import (
+    PatchLossConfig,
+    UniGS,
+    cube_points,
+    init_cube,
+    patch_corners,
+    patch_side,
+    region_l1,
+)
+
+SMALL_GRID = HashGridConfig(num_levels=4, log2_hashmap_size=10, base_resolution=4, desired_resolution=32)
+STATIC = Stage("static", 1, trains=("gaussians",))
+DEFORM = Stage("deform", 1, trains=("gaussians", "networks"), deform=True)
+
+
+def _recipe(tiny_subject, **overrides) -> UniGS:
+    cfg = apply_overrides(UniGS.Config(), {**UniGS.test_overrides, **overrides})
+    return build_recipe(UniGS, tiny_subject, cfg)
+
+
+def _frame_with(recipe: UniGS, labels: tuple[int, ...]) -> int:
+    """A training frame showing every one of ``labels``."""
+    for t in recipe.data.train_frames:
+        present = set(np.unique(recipe.data.labels(int(t)).numpy()).tolist())
+        if set(labels) <= present:
+            return int(t)
+    pytest.skip(f"no frame of the tiny subject shows labels {labels}")
+
+
+def _wake(field: MotionField) -> None:
+    """Non-zero output layer (it starts at zero, the identity deformation)."""
+    torch.manual_seed(3)
+    with torch.no_grad():
+        field.head[-1].weight.normal_(0, 0.1)
+        field.head[-1].bias.normal_(0, 0.1)
+
+
+# ------------------------------------------------------------------------------------ losses
+def test_region_l1_looks_only_at_its_region():
+    torch.manual_seed(0)
+    target = torch.rand(16, 16, 3)
+    mask = torch.zeros(16, 16, dtype=torch.bool)
+    mask[4:8, 4:8] = True
+    image = target.clone()
+    image[~mask] = 1 - image[~mask]          # wrong everywhere outside the region
+    assert region_l1(image, target, mask) == 0
+    image[5, 5, 0] += 0.48                    # one wrong value (one channel of one pixel) inside it
+    assert region_l1(image, target, mask) == pytest.approx(0.48 / (16 * 3), rel=1e-5)
+    assert region_l1(image, target, torch.zeros_like(mask)) == 0
+
+
+def test_recipe_region_terms_see_only_their_labels(tiny_subject):
+    recipe = _recipe(tiny_subject)
+    t = _frame_with(recipe, (HAIR, TORSO))
+    target, labels = recipe.data.image(t), recipe.data.labels(t)
+    image = target.clone()
+    image[labels == HAIR] = 1 - image[labels == HAIR]
+    terms = recipe.losses({"image": image, "deformation": None}, _batch(t, target), DEFORM)
+    assert terms["hair"] > 0.05
+    assert terms["mouth"] == 0 and terms["torso"] == 0
+    # Torso and neck count for the torso term, nothing else does.
+    image = target.clone()
+    region = torch.isin(labels, torch.tensor((TORSO, NECK)))
+    image[region] = 1 - image[region]
+    terms = recipe.losses({"image": image, "deformation": None}, _batch(t, target), DEFORM)
+    assert terms["torso"] > 0.05 and terms["hair"] == 0 and terms["mouth"] == 0
+
+
+def test_static_stage_is_l1_and_dssim_only(tiny_subject):
+    recipe = _recipe(tiny_subject)
+    t = int(recipe.data.train_frames[0])
+    out = recipe(View(t), None, STATIC)
+    assert set(recipe.losses(out, _batch(t, recipe.data.image(t)), STATIC)) == {"l1", "dssim"}
+    out = recipe(View(t), recipe.training_conditions(t, DEFORM), DEFORM)
+    terms = recipe.losses(out, _batch(t, recipe.data.image(t)), DEFORM)
+    assert set(terms) == {"l1", "dssim", "mouth", "hair", "torso", "motion_reg", "patch_perceptual"}
+    assert set(terms) == set(recipe.loss_weights())
+
+
+def test_patch_positions_come_from_the_recipes_generator_and_lie_on_the_portrait():
+    labels = torch.zeros(64, 64, dtype=torch.long)
+    labels[40:60, 10:30] = TORSO
+    cfg = PatchLossConfig(patches=50)
+    side = patch_side(64, cfg)
+    a = patch_corners(labels, cfg, np.random.default_rng(5))
+    b = patch_corners(labels, cfg, np.random.default_rng(5))
+    assert a == b and len(a) == 50
+    for y, x in a:
+        assert 0 <= y <= 64 - side and 0 <= x <= 64 - side
+        # the patch overlaps the portrait (its centre was drawn there)
+        assert labels[y:y + side, x:x + side].any()
+    assert patch_corners(labels, cfg, np.random.default_rng(6)) != a
+
+
+def test_motion_regularisation_is_zero_for_the_identity_deformation(tiny_subject):
+    recipe = _recipe(tiny_subject)
+    t = int(recipe.data.train_frames[0])
+    out = recipe(View(t), recipe.training_conditions(t, DEFORM), DEFORM)
+    assert recipe.losses(out, _batch(t, recipe.data.image(t)), DEFORM)["motion_reg"] == 0
+    _wake(recipe.deformation)
+    out = recipe(View(t), recipe.training_conditions(t, DEFORM), DEFORM)
+    assert recipe.losses(out, _batch(t, recipe.data.image(t)), DEFORM)["motion_reg"] > 0
+
+
+def _batch(t, image):
+    from talksplat.engine.contract import Batch
+
+    return Batch(frame=t, image=image)
+
+
+# ------------------------------------------------------------------------------------ backdrop
+def test_backdrop_is_the_plate_never_the_frames_torso(tiny_subject):
+    recipe = _recipe(tiny_subject)
+    t = _frame_with(recipe, BACKDROP_FROM_FRAME)
+    with torch.no_grad():
+        recipe.sets["portrait"].params["opacity_logits"].fill_(-30.0)   # nothing drawn
+        out = recipe(View(t), None)
+    assert torch.allclose(out["image"], recipe.data.background, atol=1e-6)
+    torso = torch.isin(recipe.data.labels(t), torch.tensor(BACKDROP_FROM_FRAME))
+    # the frame's own backdrop would show its real torso there
+    assert (recipe.data.backdrop(t)[torso] - out["image"][torso]).abs().max() > 0.05
+    assert out["head"].abs().max() < 1e-6
+
+
+# ------------------------------------------------------------------------------------ initialisation
+def test_initialisation_fills_a_cube_around_the_subject_not_the_face(tiny_subject):
+    recipe = _recipe(tiny_subject)
+    data = recipe.data
+    points, colors = cube_points(data, 4000, 1.0, np.random.default_rng(0))
+    centre, side, t = init_cube(data, 1.0)
+    w2c = data.w2c[t]
+    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+    extent = cam.max(0).values - cam.min(0).values
+    assert torch.all(extent > 0.97 * side) and torch.all(extent <= side * (1 + 1e-5))
+    assert torch.allclose(cam.mean(0), centre, atol=0.03 * side)     # uniform: the mean is the centre
+    # The cube is much larger than the head: only a small part of the points project onto head pixels.
+    K, size = data.K, data.size
+    u = (cam[:, 0] / cam[:, 2] * K[0, 0] + K[0, 2] - 0.5).round().long()
+    v = (cam[:, 1] / cam[:, 2] * K[1, 1] + K[1, 2] - 0.5).round().long()
+    inside = (u >= 0) & (u < size) & (v >= 0) & (v < size)
+    head = torch.isin(data.labels(t), torch.tensor(HEAD_LABELS))
+    on_head = head[v[inside], u[inside]].float().mean()
+    # uniform in the cube: about the head's share of the image (seeded from the face it would be ~1)
+    assert abs(on_head - head.float().mean()) < 0.15
+    # Colours: the pixel each point projects to (points inside the image).
+    image = data.image(t)
+    assert torch.allclose(colors[inside], image[v[inside], u[inside]])
+    # and the recipe's own set starts there (scales shrunk by init_scale)
+    assert len(recipe.sets["portrait"]) == UniGS.test_overrides["init_points"]
+
+
+# ------------------------------------------------------------------------------------ ablations
+def test_hash_grid_ablation_changes_the_encoding(tiny_subject):
+    default = _recipe(tiny_subject)
+    assert default.deformation.encoding.output_dim == 3 * 12 * 2          # L = 12, F = 2
+    assert default.deformation.audio_attention is None                     # plain concatenation
+    small = _recipe(tiny_subject, **{"deformation.grid.num_levels": 8, "deformation.grid.features_per_level": 4})
+    assert small.deformation.encoding.output_dim == 3 * 8 * 4
+    assert small.deformation.head[0].in_features == 3 * 8 * 4 + 32 + 2 + 12
+
+
+def test_attribute_ablation_changes_what_is_deformed(tiny_subject):
+    recipe = _recipe(tiny_subject, **{"deformation.outputs": "position,opacity"})
+    _wake(recipe.deformation)
+    t = int(recipe.data.train_frames[0])
+    d = recipe(View(t), recipe.conditions(t), DEFORM)["deformation"]
+    assert d.d_means.abs().max() > 0 and d.d_opacity_logits.abs().max() > 0
+    assert d.d_log_scales.abs().max() == 0 and d.d_quats.abs().max() == 0
+    with pytest.raises(TalksplatError, match="deformation.outputs"):
+        _recipe(tiny_subject, **{"deformation.outputs": "position,sparkle"})
+    with pytest.raises(TalksplatError, match="extra_dim must be 12"):
+        _recipe(tiny_subject, **{"deformation.extra_dim": 3})
+
+
+def test_head_pose_of_the_view_conditions_the_deformation(tiny_subject):
+    recipe = _recipe(tiny_subject)
+    _wake(recipe.deformation)
+    data = recipe.data
+    a, b = (int(data.train_frames[0]), int(data.train_frames[-1]))
+    conditions = recipe.conditions(a)
+    d_a = recipe(View(a), conditions, DEFORM)["deformation"].d_means
+    d_b = recipe(View(a, w2c=data.w2c[b]), conditions, DEFORM)["deformation"].d_means
+    assert not torch.allclose(d_a, d_b)
+    assert torch.allclose(recipe.pose_condition(data.w2c[torch.as_tensor(data.train_frames)]).mean(0),
+                          torch.zeros(12), atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------ MotionField extension
+def _field(**kw) -> MotionField:
+    return MotionField(MotionFieldConfig(grid=SMALL_GRID, **kw), torch.tensor([-0.1, -0.1, 1.9]),
+                       torch.tensor([0.1, 0.1, 2.1]))
+
+
+def test_motion_field_default_keeps_region_attention():
+    field = _field()
+    assert field.audio_attention is not None and field.expression_attention is not None
+    assert field.head[0].in_features == field.encoding.output_dim + 32 + 7
+    assert set(field.region_attention(torch.zeros(4, 3) + torch.tensor([0.0, 0.0, 2.0]))) == {"audio", "expression"}
+
+
+def test_motion_field_without_attention_with_extra_conditions():
+    torch.manual_seed(0)
+    field = _field(region_attention=False, expression_dim=2, extra_dim=5)
+    assert field.audio_attention is None and field.expression_attention is None
+    assert field.head[0].in_features == field.encoding.output_dim + 32 + 2 + 5
+    assert field.region_attention(torch.zeros(3, 3)) == {}
+    means = torch.rand(50, 3) * 0.2 + torch.tensor([-0.1, -0.1, 1.9])
+    audio, eyes, extra = torch.randn(32), torch.rand(2), torch.randn(5)
+    with pytest.raises(ValueError, match="extra condition"):
+        field(means, audio, eyes)
+    _wake(field)
+    trained = field(means, audio, eyes, extra)
+    assert not torch.allclose(trained.d_means, field(means, audio, eyes, extra + 1).d_means)
+    field.eval()
+    with torch.no_grad():
+        cached = field(means, audio, eyes, extra)      # inference path: cached static part
+    for name in ("d_means", "d_log_scales", "d_quats"):
+        assert torch.allclose(getattr(cached, name), getattr(trained, name), atol=1e-5), name
+
+
+def test_motion_field_attention_path_cached_equals_training_path():
+    torch.manual_seed(1)
+    field = _field()
+    _wake(field)
+    means = torch.rand(40, 3) * 0.2 + torch.tensor([-0.1, -0.1, 1.9])
+    audio, expr = torch.randn(32), torch.rand(7)
+    trained = field(means, audio, expr)
+    field.eval()
+    with torch.no_grad():
+        cached = field(means, audio, expr)
+    assert torch.allclose(cached.d_means, trained.d_means, atol=1e-5)
+
+
+def test_labels_of_the_regions_are_the_documented_ones():
+    from talksplat.recipes.unigs import REGIONS
+
+    assert REGIONS == {"mouth": (LIPS, INSIDE_MOUTH), "hair": (HAIR,), "torso": (TORSO, NECK)}
