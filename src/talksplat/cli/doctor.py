@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import platform
 
-import torch
-
 from talksplat import __version__
 from talksplat._native import cache_dir, find_compiler
 
@@ -25,6 +23,8 @@ def _statuses():
 
 
 def run(args) -> int:
+    import torch    # here, not at the top: every command builds this parser, few need torch
+
     print(f"talksplat {__version__} | Python {platform.python_version()} | torch {torch.__version__} "
           f"| {torch.get_num_threads()} threads")
     print(f"C++ compiler: {find_compiler() or 'not found'} | kernel cache: {cache_dir()}")

@@ -12,7 +12,7 @@ from talksplat.errors import TalksplatError
 # Subcommand modules, each exposing register(subparsers) that sets ``func`` on its parser.
 SUBCOMMANDS = ("talksplat.cli.doctor", "talksplat.cli.demo", "talksplat.cli.synth", "talksplat.cli.sync",
                "talksplat.cli.prepare", "talksplat.cli.recipes", "talksplat.cli.train", "talksplat.cli.render",
-               "talksplat.cli.eval")
+               "talksplat.cli.eval", "talksplat.cli.serve", "talksplat.cli.export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,9 +3,6 @@ stages, loss terms and every config field with its default."""
 
 from __future__ import annotations
 
-from talksplat.engine.config import describe_fields
-from talksplat.recipes import RECIPES, recipe_class
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("recipes", help="list the recipes (one per paper), or describe one",
@@ -16,6 +13,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from talksplat.engine.config import describe_fields
+    from talksplat.recipes import RECIPES, recipe_class
+
     if args.name is None:
         width = max(len(n) for n in RECIPES)
         for name, cls in sorted(RECIPES.items()):

@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from talksplat.engine.config import apply_overrides, describe_fields, overrides_from_file
 from talksplat.errors import TalksplatError
-from talksplat.recipes import DEFAULT_RECIPE, RECIPES, recipe_class
 
 QUALITIES = ("draft", "default", "high")
+DEFAULT_RECIPE = "talkinggaussian"
 
 
 def register(subparsers) -> None:
@@ -23,10 +22,19 @@ def register(subparsers) -> None:
         "train", help="train an avatar on a prepared subject (resumable)",
         description="Train an avatar on a prepared subject. Re-running continues the run from its newest "
                     "checkpoint; settings that differ from the run's are refused unless --restart.",
-        epilog=_settings_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    # The settings list needs the recipes (torch and all): built only when help is shown, so other
+    # commands start without importing them.
+    plain_format_help = p.format_help
+
+    def format_help() -> str:
+        p.epilog = _settings_epilog()
+        return plain_format_help()
+
+    p.format_help = format_help
     p.add_argument("subject", type=Path, help="folder written by `talksplat prepare`")
-    p.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"one of {', '.join(sorted(RECIPES))} "
-                   f"(default {DEFAULT_RECIPE}; `talksplat recipes` describes them)")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"the method to train (default {DEFAULT_RECIPE}; "
+                   "`talksplat recipes` lists them)")
     p.add_argument("--quality", choices=QUALITIES, help="a preset of the recipe (`talksplat recipes NAME` shows "
                    "them; default: the recipe's defaults)")
     p.add_argument("--size", type=int, help="training resolution (sets `size`)")
@@ -48,6 +56,9 @@ def register(subparsers) -> None:
 
 
 def _settings_epilog() -> str:
+    from talksplat.engine.config import describe_fields
+    from talksplat.recipes import RECIPES
+
     lines = ["config fields (KEY = default) for --set / --config:"]
     for name, cls in sorted(RECIPES.items()):
         lines.append(f"  {name}:")
@@ -57,6 +68,8 @@ def _settings_epilog() -> str:
 
 def requested_overrides(args, recipe_cls) -> dict[str, object]:
     """Dotted-name settings the command line asks for (empty: none were given)."""
+    from talksplat.engine.config import overrides_from_file
+
     overrides: dict[str, object] = {}
     if args.quality:
         overrides.update(getattr(recipe_cls, "presets", {}).get(args.quality, {}))
@@ -89,6 +102,8 @@ def _shortcuts(args, recipe_cls) -> dict[str, object]:
 
 def build_config(args, recipe_cls):
     """The requested config, or None when no setting was given (resume as is / defaults)."""
+    from talksplat.engine.config import apply_overrides
+
     overrides = requested_overrides(args, recipe_cls)
     if not overrides:
         return None
@@ -102,6 +117,7 @@ def build_config(args, recipe_cls):
 
 def run(args) -> int:
     from talksplat.engine.trainer import TrainerConfig, train
+    from talksplat.recipes import recipe_class
 
     recipe_cls = recipe_class(args.recipe)
     if not args.subject.is_dir():
