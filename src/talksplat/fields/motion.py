@@ -115,6 +115,8 @@ class MotionField(nn.Module):
         # inputs, so no gradient flows into them through the grid.
         encoded = self.encoding(self.normalise(canonical_means.detach()), input_gradients=False)
         n = encoded.shape[0]
+        if not self.config.region_attention:
+            return self._forward_shared_conditions(encoded, audio, expression, extra)
         conditions = [_weighted(audio.expand(n, -1), self.audio_attention, encoded)]
         if self.config.expression_dim:
             conditions.append(_weighted(expression.expand(n, -1), self.expression_attention, encoded))
@@ -122,6 +124,19 @@ class MotionField(nn.Module):
             conditions.append(extra.expand(n, -1))
         raw = self.head(torch.cat([encoded, *conditions], dim=-1))
         return self._split(raw, n)
+
+    def _forward_shared_conditions(self, encoded: Tensor, audio: Tensor, expression: Tensor | None,
+                                   extra: Tensor | None) -> Deformation:
+        """Without region attention the conditions are the same for every Gaussian: their share of
+        the first layer is one vector added to every row, instead of an (N, conditions) input (the
+        same function; about a quarter less work for UniGS's 46 condition values)."""
+        first = self.head[0]
+        enc_dim = encoded.shape[1]
+        present = [c for c in (audio, expression if self.config.expression_dim else None,
+                               extra if self.config.extra_dim else None) if c is not None]
+        shared = torch.cat(present) @ first.weight[:, enc_dim:].T + first.bias
+        hidden = encoded @ first.weight[:, :enc_dim].T + shared
+        return self._split(self.head[1:](hidden), encoded.shape[0])
 
     def _forward_cached(self, canonical_means: Tensor, audio: Tensor, expression: Tensor | None,
                         extra: Tensor | None = None) -> Deformation:

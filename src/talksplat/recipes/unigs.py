@@ -280,9 +280,11 @@ class UniGS(Recipe):
         """Mean patch structure loss over random patches centred on the portrait (the substitute)."""
         corners = patch_corners(labels, self.cfg.patch, self.rng)
         side = patch_side(labels.shape[0], self.cfg.patch)
-        losses = [patch_structure_loss(image[y:y + side, x:x + side], target[y:y + side, x:x + side])
-                  for y, x in corners]
-        return torch.stack(losses).mean()
+        # Patches side by side along the channels: one SSIM call (mean over equal-sized patches =
+        # the mean of their SSIMs), far fewer small convolutions on the CPU.
+        patches = torch.cat([image[y:y + side, x:x + side] for y, x in corners], dim=-1)
+        targets = torch.cat([target[y:y + side, x:x + side] for y, x in corners], dim=-1)
+        return patch_structure_loss(patches, targets)
 
     def summary_extras(self) -> dict:
         extras = {"patch_perceptual": "substitute for LPIPS: D-SSIM + image-gradient L1 on random patches"}
