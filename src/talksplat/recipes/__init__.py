@@ -12,10 +12,11 @@ from talksplat.engine.avatar import Avatar
 from talksplat.engine.avatar import load_avatar as _load_avatar
 from talksplat.engine.contract import Recipe
 from talksplat.errors import TalksplatError
+from talksplat.recipes.gaussianflametalk import GaussianFlameTalk
 from talksplat.recipes.talkinggaussian import TalkingGaussian
 from talksplat.recipes.unigs import UniGS
 
-RECIPES: dict[str, type[Recipe]] = {cls.name: cls for cls in (TalkingGaussian, UniGS)}
+RECIPES: dict[str, type[Recipe]] = {cls.name: cls for cls in (TalkingGaussian, UniGS, GaussianFlameTalk)}
 DEFAULT_RECIPE = TalkingGaussian.name
 
 

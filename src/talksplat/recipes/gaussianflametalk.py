@@ -1,0 +1,700 @@
+"""GaussianFlameTalk (Gaussians rigged to a head mesh, driven by an audio-to-expression transformer) as
+a composition of talksplat's shared parts. The head model is ICT-FaceKit (``talksplat.headmodel``),
+standing in for FLAME.
+
+Gaussian avatar (GaussianAvatars-style binding; our implementation of the idea, no code copied):
+
+- One Gaussian set (``avatar``). ``attrs["triangle"]`` binds each Gaussian to a triangle of the fitted
+  head mesh: its position and rotation are in the triangle's local frame (origin the centroid, axes
+  the first edge, the in-plane perpendicular and the normal), its scale is multiplied by the
+  triangle's size. We measure that size *relative to the triangle in the subject's neutral mesh*, so
+  local units are millimetres at rest: densification thresholds, learning rates and the regulariser
+  read in the same units as in the other recipes (a per-triangle constant rescaling of GaussianAvatars'
+  local coordinates, otherwise the same binding). The engine's densification copies ``attrs`` to
+  clones and split children, so children stay bound to their parent's triangle.
+- Each frame's mesh: the head model with the subject's fitted identity (fixed), the frame's fitted
+  expression (53 blendshapes) plus a learned per-frame offset, and the frame's fitted pose (model ->
+  camera) composed with a learned per-frame rotation, translation and scale. The offsets are network
+  parameters (groups ``mesh_expression`` and ``mesh_pose``), fine-tuned jointly with the Gaussians
+  and kept small by two regularisers.
+- What the mesh does not cover: hair pixels off the mesh (beyond the scalp) are seeded as Gaussians
+  bound rigidly to the head frame (``triangle = -1``: the per-frame model -> world transform, the
+  same learned pose corrections, no expression); torso and neck come from the source frame's
+  backdrop as in TalkingGaussian (``SubjectData.backdrop``). The inside of the mouth is the model's
+  teeth, gums, tongue and mouth socket, seeded from the frame with the widest mouth.
+
+FlameTalk (audio -> expression): the subject's audio features (``audio_feature``, log-mel windows by
+default) standardised and linearly projected; a small transformer decoder (``nn.TransformerDecoder``)
+whose queries are the projected audio plus a periodic positional encoding plus a style embedding of
+the subject's neutral mesh (a linear map of its 68 landmark vertices); self-attention under a causal
+mask with FaceFormer's period-wise linear bias, cross-attention under an alignment mask (frame t sees
+the audio of frames t - alignment_frames + 1 .. t only); a linear motion decoder to the jaw and mouth
+blendshapes. Loss (eq. 2): mean squared vertex distance (mm^2) between the mesh of the predicted
+mouth parameters and the ground-truth mesh driven only by the tracked (fine-tuned) jaw/mouth
+parameters, every other parameter at the neutral template, computed through the Gram matrix of the
+mouth blendshapes over the vertices they move (exactly the vertex-space L2, cheaper).
+
+Stages: ``avatar`` (Gaussians + per-frame mesh parameters, densify; the mesh teacher-forced with the
+tracked expressions) then ``flametalk`` (only FlameTalk trains; nothing is rendered in its steps, since
+no rendered pixel depends on it while training). Rendering new audio: FlameTalk's jaw/mouth weights +
+the source frame's other weights (``video``) or the training median (``neutral``) -> mesh -> Gaussians.
+The decoder only looks back (``look_ahead`` = 0 frames; each frame's audio window itself reaches
+107.5 ms past the frame's start, which the streaming feature accounts for).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from talksplat.core.labels import FACE_LABELS, HAIR, INSIDE_MOUTH, LIPS
+from talksplat.data.subject import FACE_MODEL_FILE, SubjectData
+from talksplat.engine.config import RecipeConfig
+from talksplat.engine.contract import Batch, Conditioner, Conditions, Recipe, Stage, View
+from talksplat.engine.losses import ssim
+from talksplat.errors import TalksplatError
+from talksplat.gaussians import rasterize
+from talksplat.gaussians.gaussian_set import DensifyConfig, GaussianSet
+from talksplat.gaussians.model import GaussianLearningRates
+from talksplat.headmodel.model import HeadModel, gaze_angles, load_head_model, rotate_about
+
+SET_NAME = "avatar"
+RIGID = -1                        # attrs["triangle"] of a Gaussian bound to the head frame, not a triangle
+MOUTH_INTERIOR_REGIONS = ("teeth", "gums_and_tongue", "mouth_socket")
+# FlameTalk predicts the blendshapes whose names start with these (ARKit jaw*/mouth*: 4 + 23).
+MOUTH_PARAM_PREFIXES = ("jaw", "mouth")
+# A vertex belongs to the mouth region (eq. 2's vertices, the held-out error) when a mouth blendshape at
+# weight 1 moves it by more than this.
+MOUTH_REGION_MIN_MM = 0.5
+# Seeding: a visible triangle is one whose centroid is within this depth of the nearest centroid
+# projecting into the same cell of this many pixels.
+ZBUFFER_CELL_PX = 3
+ZBUFFER_TOLERANCE_MM = 4.0
+# A head pixel is bound to the nearest visible triangle within this distance (mm at the triangle's depth),
+# else rigidly to the head frame (hair beyond the scalp).
+BIND_RADIUS_MM = 6.0
+EPS = 1e-8
+
+
+# ====================================================================================== config
+@dataclass
+class StageIterations:
+    avatar: int = 3000
+    flametalk: int = 2000
+
+
+@dataclass
+class GaussianFlameTalkLosses:
+    """Weights of the named loss terms (the engine multiplies and sums)."""
+
+    l1: float = 0.8
+    dssim: float = 0.2
+    # Extra L1 over the lips' box (as TalkingGaussian's recipe: the mouth is a few hundred pixels).
+    mouth_box: float = 2.0
+    # GaussianAvatars-style binding regulariser: local offsets beyond binding_free_offset_mm and scales
+    # beyond binding_free_scale_mm (triangle-bound Gaussians only), so Gaussians stay near their triangle.
+    binding: float = 0.01
+    # Squared per-frame corrections of the mesh: expression offsets (blendshape weight units) and pose
+    # (rotation in degrees, translation in mm, log-scale x 100).
+    expression_reg: float = 1.0
+    pose_reg: float = 0.01
+    flametalk: float = 1.0    # eq. 2, mm^2
+
+
+@dataclass
+class FlameTalkConfig:
+    hidden: int = 64
+    heads: int = 4
+    layers: int = 2
+    feedforward: int = 128
+    # Frames of audio context (look-behind + the frame itself) each prediction sees.
+    context_frames: int = 25
+    # Period (frames) of the periodic positional encoding and of the causal mask's bias steps.
+    period: int = 25
+    # Cross-attention alignment: frame t attends to the audio of frames t - alignment_frames + 1 .. t.
+    alignment_frames: int = 3
+    batch_windows: int = 8
+    lr: float = 1e-3
+
+
+@dataclass
+class GaussianFlameTalkConfig(RecipeConfig):
+    iterations: StageIterations = field(default_factory=StageIterations)
+    losses: GaussianFlameTalkLosses = field(default_factory=GaussianFlameTalkLosses)
+    head_points: int = 8000           # seeded on skin, eyes, lips and hair pixels of a training frame
+    mouth_points: int = 1000          # seeded on the mouth interior (teeth, tongue, gums, socket)
+    max_gaussians: int = 30_000
+    lr_means_px: float = 0.05         # local position learning rate in pixels per step at the subject's depth
+    lr_mesh_expression: float = 1e-3  # per-frame blendshape offsets
+    lr_mesh_pose: float = 1e-4        # per-frame rotation (rad), translation (mm / 100), log-scale
+    refine_every: int = 100
+    binding_free_offset_mm: float = 5.0
+    binding_free_scale_mm: float = 3.0
+    flametalk: FlameTalkConfig = field(default_factory=FlameTalkConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        if min(self.iterations.avatar, self.iterations.flametalk) < 0:
+            raise ValueError("stage iteration counts must be >= 0")
+        if min(self.head_points, self.refine_every, self.max_gaussians) < 1 or self.mouth_points < 0:
+            raise ValueError("head_points, refine_every and max_gaussians must be >= 1, mouth_points >= 0")
+        ft = self.flametalk
+        if min(ft.hidden, ft.heads, ft.layers, ft.feedforward, ft.context_frames, ft.period,
+               ft.alignment_frames, ft.batch_windows) < 1:
+            raise ValueError("every flametalk size must be >= 1")
+        if ft.hidden % ft.heads:
+            raise ValueError(f"flametalk.hidden ({ft.hidden}) must be a multiple of flametalk.heads ({ft.heads})")
+
+
+# ====================================================================================== geometry
+def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
+    """Hamilton product of (..., 4) wxyz quaternions: the rotation b, then a."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack([aw * bw - ax * bx - ay * by - az * bz,
+                        aw * bx + ax * bw + ay * bz - az * by,
+                        aw * by - ax * bz + ay * bw + az * bx,
+                        aw * bz + ax * by - ay * bx + az * bw], dim=-1)
+
+
+def matrix_to_quat(m: Tensor) -> Tensor:
+    """(..., 3, 3) rotations -> (..., 4) unit wxyz quaternions (w >= 0).
+
+    Of the four algebraically equal solutions (divided by 4w, 4x, 4y or 4z), each row takes the one
+    with the largest divisor: the others lose precision (or divide by ~0) near 180-degree turns."""
+    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
+    four = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
+    root = torch.sqrt(four.clamp_min(EPS))                                        # 2|w|, 2|x|, 2|y|, 2|z|
+    d10, d01 = m[..., 1, 0], m[..., 0, 1]
+    d20, d02 = m[..., 2, 0], m[..., 0, 2]
+    d21, d12 = m[..., 2, 1], m[..., 1, 2]
+    candidates = torch.stack([
+        torch.stack([root[..., 0] ** 2, d21 - d12, d02 - d20, d10 - d01], -1) / (2 * root[..., 0:1]),
+        torch.stack([d21 - d12, root[..., 1] ** 2, d10 + d01, d02 + d20], -1) / (2 * root[..., 1:2]),
+        torch.stack([d02 - d20, d10 + d01, root[..., 2] ** 2, d12 + d21], -1) / (2 * root[..., 2:3]),
+        torch.stack([d10 - d01, d20 + d02, d21 + d12, root[..., 3] ** 2], -1) / (2 * root[..., 3:4]),
+    ], dim=-2)                                                                     # (..., 4 solutions, 4)
+    best = four.argmax(-1)
+    q = torch.gather(candidates, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
+    q = F.normalize(q, dim=-1)
+    return torch.where(q[..., :1] < 0, -q, q)
+
+
+def axis_angle_to_matrix(v: Tensor) -> Tensor:
+    """(..., 3) axis-angle (rad) -> (..., 3, 3) via Rodrigues; smooth at 0 (first-order series)."""
+    theta2 = (v * v).sum(-1, keepdim=True)[..., None]
+    theta = torch.sqrt(theta2 + EPS)
+    zero = torch.zeros_like(v[..., 0])
+    x, y, z = v.unbind(-1)
+    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(*v.shape[:-1], 3, 3)
+    eye = torch.eye(3, dtype=v.dtype).expand_as(k)
+    return eye + torch.sin(theta) / theta * k + (1 - torch.cos(theta)) / (theta2 + EPS) * (k @ k)
+
+
+def triangle_frames(corners: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(N, 3 corners, 3) -> rotation (N, 3, 3) with columns [first edge, in-plane perpendicular,
+    normal], centroid (N, 3), size (N,) = mean edge length."""
+    v0, v1, v2 = corners.unbind(-2)
+    e1, e2 = v1 - v0, v2 - v0
+    x = F.normalize(e1, dim=-1)
+    normal = F.normalize(torch.cross(e1, e2, dim=-1), dim=-1)
+    y = torch.cross(normal, x, dim=-1)
+    size = (e1.norm(dim=-1) + e2.norm(dim=-1) + (v2 - v1).norm(dim=-1)) / 3
+    return torch.stack([x, y, normal], dim=-1), corners.mean(-2), size
+
+
+@dataclass
+class Frames:
+    """Per-Gaussian local -> world frames: ``world = scale * rotation @ local + origin``."""
+
+    rotation: Tensor   # (N, 3, 3)
+    origin: Tensor     # (N, 3)
+    scale: Tensor      # (N,)
+
+
+def bind(local: dict[str, Tensor], frames: Frames) -> dict[str, Tensor]:
+    """Rasterizer inputs in the world from local Gaussian parameters (means, quats, log_scales,
+    opacity_logits, colors) and each Gaussian's frame: position and rotation composed with the frame,
+    scale multiplied by the frame's scale."""
+    k = frames.scale[:, None]
+    means = k * torch.einsum("nij,nj->ni", frames.rotation, local["means"]) + frames.origin
+    quats = quat_multiply(matrix_to_quat(frames.rotation), F.normalize(local["quats"], dim=-1))
+    return {"means": means, "quats": quats, "scales": k * torch.exp(local["log_scales"]),
+            "opacities": torch.sigmoid(local["opacity_logits"]), "colors": local["colors"]}
+
+
+def unbind_points(points: Tensor, frames: Frames) -> Tensor:
+    """World points (N, 3) -> local coordinates in their frames (the inverse of :func:`bind`'s means)."""
+    return torch.einsum("nji,nj->ni", frames.rotation, points - frames.origin) / frames.scale[:, None]
+
+
+# ====================================================================================== the mesh
+class MeshTracks(nn.Module):
+    """The subject's fitted head mesh per frame, with learned per-frame corrections.
+
+    Vertices of frame f for an expression e (53,): ``M(e) = neutral + identity + e @ basis`` (eyeballs
+    turned for gaze), then the learned correction in the model frame (``scale * Rot(rotation) X +
+    translation``), the fitted pose (model -> camera) and the inverse of the subject's camera
+    ``w2c[f]`` (camera -> world, where the Gaussians are rasterized)."""
+
+    def __init__(self, data: SubjectData, model: HeadModel) -> None:
+        super().__init__()
+        fit = _face_model_file(data)
+        self.model = model
+        identity = torch.as_tensor(fit["identity"], dtype=torch.float32)
+        base = torch.from_numpy(model.neutral) + torch.einsum("k,kvc->vc", identity,
+                                                              torch.from_numpy(model.identity_basis))
+        self.identity_mesh = base                                          # (V, 3), derived: not saved
+        self.basis = torch.from_numpy(model.expression_basis)             # (53, V, 3), shared, not saved
+        n = data.n_frames
+        # The fit (from the subject, not saved with the weights): tracked expressions, poses.
+        self.tracked = torch.as_tensor(data.channel("face_model/expression"), dtype=torch.float32)
+        rotation = torch.as_tensor(data.channel("face_model/rotation"), dtype=torch.float32)
+        translation = torch.as_tensor(data.channel("face_model/translation"), dtype=torch.float32)
+        camera_scale = float(fit["camera_scale"]) if "camera_scale" in fit else 1.0
+        # model -> world per frame: x_world = w2c^-1 (x_cam / camera_scale), x_cam = R x + t.
+        w2c = data.w2c.float()
+        r_w = w2c[:, :3, :3].transpose(1, 2)
+        self.pose_rotation = r_w @ rotation
+        self.pose_translation = torch.einsum("tij,tj->ti", r_w, translation / camera_scale - w2c[:, :3, 3])
+        self.pose_scale = 1.0 / camera_scale
+        self.expression_offset = nn.Parameter(torch.zeros(n, model.num_expressions))
+        self.rotation_offset = nn.Parameter(torch.zeros(n, 3))       # axis-angle, rad
+        self.translation_offset = nn.Parameter(torch.zeros(n, 3))    # mm / POSE_TRANSLATION_UNIT
+        self.log_scale_offset = nn.Parameter(torch.zeros(n, 1))
+
+    def expression(self, frame: int) -> Tensor:
+        """The frame's fine-tuned expression (tracked + learned offset), differentiable."""
+        return self.tracked[frame] + self.expression_offset[frame]
+
+    def model_vertices(self, expression: Tensor) -> Tensor:
+        """(V, 3) head-frame mesh of one expression (53,), eyeballs turned for gaze."""
+        verts = self.identity_mesh + torch.einsum("e,evc->vc", expression, self.basis)
+        names = self.model.expression_names
+        out = [verts]
+        for side, region in (("L", "eyeball_left"), ("R", "eyeball_right")):
+            start, stop = self.model.regions[region]
+            yaw, pitch = gaze_angles(expression[None], names, side)
+            ball = verts[None, start:stop]
+            out.append((start, stop, rotate_about(ball, ball.mean(1), yaw, pitch)[0]))
+        turned = verts.clone()
+        for start, stop, ball in out[1:]:
+            turned[start:stop] = ball
+        return turned
+
+    def head_frame(self, frame: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(rotation (3, 3), translation (3,), scale ()) of frame ``frame``'s model -> world transform,
+        learned corrections included."""
+        correction = axis_angle_to_matrix(self.rotation_offset[frame])
+        scale = self.pose_scale * torch.exp(self.log_scale_offset[frame, 0])
+        rotation = self.pose_rotation[frame] @ correction
+        shift = self.translation_offset[frame] * POSE_TRANSLATION_UNIT
+        translation = self.pose_scale * (self.pose_rotation[frame] @ shift) + self.pose_translation[frame]
+        return rotation, translation, scale
+
+    def world_vertices(self, frame: int, expression: Tensor) -> Tensor:
+        rotation, translation, scale = self.head_frame(frame)
+        return scale * self.model_vertices(expression) @ rotation.T + translation
+
+
+# The translation offset is learned in units of this many mm, so one learning rate suits all pose terms.
+POSE_TRANSLATION_UNIT = 100.0
+POSE_REG_DEGREES = 180.0 / math.pi
+POSE_REG_LOG_SCALE = 100.0
+
+
+def _face_model_file(data: SubjectData) -> dict[str, np.ndarray]:
+    """The subject's face_model.npz arrays (identity and camera scale are not per-frame channels)."""
+    path = None if data.subject_dir is None else data.subject_dir / FACE_MODEL_FILE
+    if path is None or not path.is_file():
+        raise TalksplatError(f"subject {data.name} has no {FACE_MODEL_FILE}; run `talksplat prepare` "
+                             "(its face-model step writes it)")
+    with np.load(path, allow_pickle=False) as npz:
+        if "identity" not in npz.files:
+            raise TalksplatError(f"{path} has no identity; re-run `talksplat prepare` to refit the face model")
+        return {k: npz[k] for k in npz.files}
+
+
+def mouth_columns(model: HeadModel) -> list[int]:
+    return [i for i, name in enumerate(model.expression_names) if name.startswith(MOUTH_PARAM_PREFIXES)]
+
+
+def mouth_gram(model: HeadModel, columns: list[int]) -> tuple[Tensor, int]:
+    """(G, n): G = B B^T / n over the n vertices the mouth blendshapes B (k, n, 3) move (eq. 2's
+    vertices), so that ``d^T G d`` is the mean squared vertex distance of a parameter difference d."""
+    basis = torch.from_numpy(model.expression_basis[columns]).double()        # (k, V, 3)
+    moved = basis.norm(dim=-1).amax(0) > MOUTH_REGION_MIN_MM
+    b = basis[:, moved].reshape(len(columns), -1)
+    n = int(moved.sum())
+    return (b @ b.T / n).float(), n
+
+
+def vertex_l2(pred: Tensor, target: Tensor, gram: Tensor) -> Tensor:
+    """Eq. 2: mean over frames and mouth-region vertices of the squared distance (mm^2) between the
+    mesh of mouth parameters ``pred`` (..., k) and the mesh of ``target`` (every other parameter at the
+    neutral template in both, so only the difference matters)."""
+    d = (pred - target).reshape(-1, gram.shape[0])
+    return torch.einsum("ni,ij,nj->n", d, gram, d).mean()
+
+
+# ====================================================================================== FlameTalk
+def periodic_encoding(positions: Tensor, dim: int, period: int) -> Tensor:
+    """FaceFormer's periodic positional encoding: sinusoids of (position mod period), (L,) -> (L, dim)."""
+    pos = (positions % period).float()[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2).float() * (-math.log(10000.0) / dim))
+    enc = torch.zeros(len(positions), dim)
+    enc[:, 0::2] = torch.sin(pos * freq)
+    enc[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return enc
+
+
+def causal_bias_mask(length: int, period: int) -> Tensor:
+    """(L, L) additive self-attention mask: -inf on future frames, and -floor((i - j) / period) on
+    past ones (FaceFormer's biased causal mask: older periods count less)."""
+    i = torch.arange(length)[:, None]
+    j = torch.arange(length)[None, :]
+    bias = -torch.div(i - j, period, rounding_mode="floor").float()
+    return bias.masked_fill(j > i, float("-inf"))
+
+
+def alignment_mask(length: int, frames: int) -> Tensor:
+    """(L, L) additive cross-attention mask: frame i sees the audio of frames i - frames + 1 .. i."""
+    i = torch.arange(length)[:, None]
+    j = torch.arange(length)[None, :]
+    allowed = (j <= i) & (j > i - frames)
+    return torch.zeros(length, length).masked_fill(~allowed, float("-inf"))
+
+
+class FlameTalk(nn.Module):
+    """Audio windows (B, L, *window) -> jaw/mouth blendshape weights (B, L, k), causal in L."""
+
+    def __init__(self, cfg: FlameTalkConfig, window_shape: tuple[int, ...], outputs: int, style_input: Tensor) -> None:
+        super().__init__()
+        self.cfg = cfg
+        in_dim = int(np.prod(window_shape))
+        self.register_buffer("feature_mean", torch.zeros(in_dim))
+        self.register_buffer("feature_std", torch.ones(in_dim))
+        self.register_buffer("style_input", style_input.float().flatten())
+        self.audio_projection = nn.Linear(in_dim, cfg.hidden)
+        self.style = nn.Linear(self.style_input.numel(), cfg.hidden)
+        layer = nn.TransformerDecoderLayer(cfg.hidden, cfg.heads, cfg.feedforward, dropout=0.0, batch_first=True,
+                                           norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, cfg.layers)
+        self.motion_decoder = nn.Linear(cfg.hidden, outputs)
+        # Zero weights (as FaceFormer's motion decoder): the untrained model predicts the bias, the mean.
+        nn.init.zeros_(self.motion_decoder.weight)
+
+    @torch.no_grad()
+    def fit_statistics(self, windows: Tensor, targets: Tensor) -> None:
+        """Standardisation of the audio features and an output bias at the mean target (training frames),
+        so the untrained model predicts the mean expression."""
+        flat = windows.reshape(len(windows), -1)
+        self.feature_mean.copy_(flat.mean(0))
+        self.feature_std.copy_(flat.std(0).clamp_min(1e-3))
+        self.motion_decoder.bias.copy_(targets.mean(0))
+
+    def forward(self, windows: Tensor) -> Tensor:
+        batch, length = windows.shape[:2]
+        audio = self.audio_projection((windows.reshape(batch, length, -1) - self.feature_mean) / self.feature_std)
+        # Positions counted back from the newest frame: a window's last frame always has position 0, so
+        # short windows at a clip's start and full ones later are encoded alike.
+        positions = torch.arange(length - 1, -1, -1)
+        queries = audio + periodic_encoding(positions, self.cfg.hidden, self.cfg.period) + self.style(self.style_input)
+        hidden = self.decoder(queries, audio, tgt_mask=causal_bias_mask(length, self.cfg.period),
+                              memory_mask=alignment_mask(length, self.cfg.alignment_frames))
+        return self.motion_decoder(hidden)
+
+
+def style_features(model: HeadModel, identity_mesh: Tensor) -> Tensor:
+    """The subject's neutral mesh as FlameTalk's style input: its 68 landmark vertices' offsets from the
+    model's average face, in cm (a few units)."""
+    idx = torch.from_numpy(model.multipie68)
+    return (identity_mesh[idx] - torch.from_numpy(model.neutral)[idx]) / 10.0
+
+
+class FlameTalkConditioner(Conditioner):
+    """``{"expression": (53,)}``: FlameTalk's jaw/mouth weights from the audio windows up to the frame,
+    the other weights from the pose's source frame (``video``, fine-tuned) or the training median."""
+
+    look_ahead = 0
+
+    def __init__(self, flametalk: FlameTalk, mesh: MeshTracks, columns: list[int], neutral: Tensor,
+                 audio_feature: str) -> None:
+        self.flametalk, self.mesh, self.columns = flametalk, mesh, columns
+        self.neutral = neutral
+        self.audio_feature = audio_feature
+        self.look_behind = flametalk.cfg.context_frames - 1
+
+    @torch.no_grad()
+    def conditions(self, windows: Tensor, index: int, source_frame: int, expression: str) -> Conditions:
+        if expression not in self.expression_modes:
+            raise TalksplatError(f"expression must be one of {', '.join(self.expression_modes)} (got {expression!r})")
+        context = windows[max(0, index - self.look_behind): index + 1]
+        mouth = self.flametalk(context[None])[0, -1].clamp(0.0, 1.0)
+        expr = self.mesh.expression(source_frame) if expression == "video" else self.neutral
+        expr = expr.clone()
+        expr[self.columns] = mouth
+        return {"expression": expr}
+
+
+# ====================================================================================== the recipe
+class GaussianFlameTalk(Recipe):
+    """One mesh-bound Gaussian set, per-frame mesh parameters, and FlameTalk."""
+
+    name = "gaussianflametalk"
+    paper = "GaussianFlameTalk: Gaussians rigged to a FLAME mesh driven by an audio-to-expression transformer"
+    Config = GaussianFlameTalkConfig
+    required_channels = ("frames", "masks", "w2c", "audio", "face_model/expression", "face_model/rotation",
+                         "face_model/translation")
+    presets: ClassVar[dict[str, dict[str, object]]] = {
+        "draft": {"size": 128, "iterations.avatar": 600, "iterations.flametalk": 600},
+        "default": {},
+        "high": {"size": 512, "iterations.avatar": 10000, "iterations.flametalk": 4000, "max_gaussians": 60_000},
+    }
+    test_overrides: ClassVar[dict[str, object]] = {
+        "size": 64, "head_points": 600, "mouth_points": 60, "refine_every": 4,
+        "iterations.avatar": 12, "iterations.flametalk": 4, "flametalk.hidden": 16, "flametalk.heads": 2,
+        "flametalk.layers": 1, "flametalk.feedforward": 16, "flametalk.context_frames": 6,
+        "flametalk.batch_windows": 2}
+
+    def __init__(self, data: SubjectData, cfg: GaussianFlameTalkConfig, rng: np.random.Generator) -> None:
+        super().__init__(data, cfg, rng)
+        self.model = load_head_model()
+        self.mesh = MeshTracks(data, self.model)
+        self.triangles = torch.from_numpy(self.model.triangles)
+        _, _, rest_size = triangle_frames(self.mesh.identity_mesh[self.triangles])
+        self.rest_size = rest_size.clamp_min(EPS)                        # derived from the model: not saved
+        self.mouth_columns = mouth_columns(self.model)
+        gram, self.mouth_vertices = mouth_gram(self.model, self.mouth_columns)
+        self.mouth_gram = gram                                           # derived from the model: not saved
+        self._build_gaussians(rng)
+        train = torch.as_tensor(data.train_frames)
+        self.flametalk = FlameTalk(cfg.flametalk, tuple(data.audio.shape[1:]), len(self.mouth_columns),
+                                   style_features(self.model, self.mesh.identity_mesh))
+        self.flametalk.fit_statistics(data.audio[train], self.mesh.tracked[train][:, self.mouth_columns])
+        self.neutral_expression = self.mesh.tracked[train].median(dim=0).values
+
+    # ---------------------------------------------------------------------------------- seeding
+    def _build_gaussians(self, rng: np.random.Generator) -> None:
+        data, cfg = self.data, self.cfg
+        first = int(data.train_frames[0])
+        lip_open = np.asarray(data.lip_open)[data.train_frames]
+        widest = int(data.train_frames[int(np.argmax(lip_open))])
+        interior = np.concatenate([self.model.region(r) for r in MOUTH_INTERIOR_REGIONS])
+        is_interior = np.isin(self.model.triangles, interior).all(axis=1)
+        head = self._seed(first, (*FACE_LABELS, HAIR), cfg.head_points, np.nonzero(~is_interior)[0], rng, True)
+        mouth = self._seed(widest, (INSIDE_MOUTH,), cfg.mouth_points, np.nonzero(is_interior)[0], rng, False)
+        points, colors, triangle, frame_ids = (torch.cat([a, b]) for a, b in zip(head, mouth))
+        depth = float(data.w2c[:, 2, 3].median())
+        lrs = GaussianLearningRates(means=cfg.lr_means_px * depth / float(data.K[0, 0]))
+        densify = DensifyConfig(max_gaussians=cfg.max_gaussians, refine_every=cfg.refine_every,
+                                refine_start=cfg.refine_every * 2, refine_stop=cfg.iterations.avatar * 3 // 4)
+        gaussians = GaussianSet(points, colors, lrs, densify, attrs={"triangle": triangle})
+        with torch.no_grad():   # to local coordinates before any optimizer step (Adam has no state yet)
+            frames = self._frames_at(triangle, frame_ids)
+            gaussians.params["means"].copy_(unbind_points(points, frames))
+            gaussians.params["log_scales"].sub_(torch.log(frames.scale)[:, None])
+        self.sets[SET_NAME] = gaussians
+
+    @torch.no_grad()
+    def _frames_at(self, triangle: Tensor, frame_ids: Tensor) -> Frames:
+        """Each Gaussian's frame in the (tracked) mesh of the frame it was seeded from."""
+        n = len(triangle)
+        frames = Frames(torch.zeros(n, 3, 3), torch.zeros(n, 3), torch.ones(n))
+        for f in frame_ids.unique().tolist():
+            rows = frame_ids == f
+            part = self._gaussian_frames(triangle[rows], f, self.mesh.expression(f))
+            frames.rotation[rows], frames.origin[rows], frames.scale[rows] = part.rotation, part.origin, part.scale
+        return frames
+
+    @torch.no_grad()
+    def _seed(self, t: int, labels, n: int, candidates: np.ndarray, rng: np.random.Generator, allow_rigid: bool):
+        """``n`` Gaussians on pixels of ``labels`` in frame t: (world points, colours, triangle, frame t).
+
+        Each pixel is bound to the nearest visible candidate triangle (z-buffered centroids), its point
+        the pixel back-projected to that triangle's depth; a pixel with no triangle within
+        BIND_RADIUS_MM (hair beyond the scalp) is bound to the head frame when ``allow_rigid``."""
+        from scipy.spatial import cKDTree
+
+        empty = (torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+        label_map = self.data.labels(t).numpy()
+        ys, xs = np.nonzero(np.isin(label_map, labels))
+        if n == 0 or len(xs) == 0:
+            return empty
+        verts = self.mesh.world_vertices(t, self.mesh.expression(t))
+        w2c, K = self.data.w2c[t], self.data.K
+        centroids = verts[self.triangles[torch.from_numpy(candidates)]].mean(1)
+        cam = centroids @ w2c[:3, :3].T + w2c[:3, 3]
+        uv = cam[:, :2] / cam[:, 2:3] * torch.stack([K[0, 0], K[1, 1]]) + K[:2, 2]
+        visible = _zbuffer_visible(uv, cam[:, 2], self.cfg.size)
+        uv_v, depth_v, tri_v = uv[visible].numpy(), cam[visible, 2].numpy(), candidates[visible.numpy()]
+        pick = rng.choice(len(xs), size=n, replace=len(xs) < n)
+        px = np.stack([xs[pick], ys[pick]], -1).astype(np.float64) + rng.uniform(0, 1, (n, 2))
+        dist, nearest = cKDTree(uv_v).query(px)
+        depth = depth_v[nearest]
+        bound = dist * depth / float(K[0, 0]) <= BIND_RADIUS_MM
+        if not allow_rigid:
+            bound[:] = True
+        kn = K.numpy()
+        x_cam = np.stack([(px[:, 0] - kn[0, 2]) / kn[0, 0] * depth, (px[:, 1] - kn[1, 2]) / kn[1, 1] * depth, depth], -1)
+        c2w = torch.linalg.inv(w2c).numpy()
+        world = torch.tensor(x_cam @ c2w[:3, :3].T + c2w[:3, 3], dtype=torch.float32)
+        triangle = torch.from_numpy(np.where(bound, tri_v[nearest], RIGID)).long()
+        colors = self.data.image(t)[torch.from_numpy(ys[pick]), torch.from_numpy(xs[pick])]
+        return world, colors.float(), triangle, torch.full((n,), t, dtype=torch.long)
+
+    # ---------------------------------------------------------------------------------- structure
+    def stages(self) -> list[Stage]:
+        it = self.cfg.iterations
+        return [Stage("avatar", it.avatar, trains=("gaussians", "networks.mesh_expression", "networks.mesh_pose"),
+                      densify=True, deform=True),
+                Stage("flametalk", it.flametalk, trains=("networks.flametalk",), deform=True)]
+
+    def network_param_groups(self) -> list[dict]:
+        cfg, mesh = self.cfg, self.mesh
+        return [{"name": "mesh_expression", "params": [mesh.expression_offset], "lr": cfg.lr_mesh_expression},
+                {"name": "mesh_pose", "params": [mesh.rotation_offset, mesh.translation_offset, mesh.log_scale_offset],
+                 "lr": cfg.lr_mesh_pose},
+                {"name": "flametalk", "params": list(self.flametalk.parameters()), "lr": cfg.flametalk.lr}]
+
+    # ---------------------------------------------------------------------------------- conditions
+    def conditions(self, frame: int) -> Conditions:
+        """Self-reenactment from the subject's own recording: FlameTalk's jaw/mouth weights from the
+        recorded audio up to frame t, the frame's other (fine-tuned) weights."""
+        windows = self.data.audio[max(0, frame - self.cfg.flametalk.context_frames + 1): frame + 1]
+        return self.conditioner().conditions(windows, len(windows) - 1, frame, "video")
+
+    def training_conditions(self, frame: int, stage: Stage) -> Conditions:
+        """Avatar stage: the frame's tracked expression plus its learned offset (teacher-forced mesh)."""
+        return {"expression": self.mesh.expression(frame)}
+
+    def conditioner(self) -> FlameTalkConditioner:
+        return FlameTalkConditioner(self.flametalk, self.mesh, self.mouth_columns, self.neutral_expression,
+                                    self.cfg.audio_feature)
+
+    # ---------------------------------------------------------------------------------- rendering
+    def _gaussian_frames(self, triangle: Tensor, frame: int, expression: Tensor) -> Frames:
+        """Every Gaussian's local -> world frame in frame ``frame``'s mesh of ``expression``."""
+        rotation, translation, scale = self.mesh.head_frame(frame)
+        verts = scale * self.mesh.model_vertices(expression) @ rotation.T + translation
+        bound = triangle >= 0
+        tri = triangle.clamp_min(0)
+        tri_rotation, centroid, size = triangle_frames(verts[self.triangles[tri]])
+        relative = size / self.rest_size[tri]
+        return Frames(torch.where(bound[:, None, None], tri_rotation, rotation.expand_as(tri_rotation)),
+                      torch.where(bound[:, None], centroid, translation.expand_as(centroid)),
+                      torch.where(bound, relative, scale.expand_as(relative)))
+
+    def posed_gaussians(self, frame: int, expression: Tensor) -> dict[str, Tensor]:
+        gaussians = self.sets[SET_NAME]
+        frames = self._gaussian_frames(gaussians.attrs["triangle"], frame, expression)
+        return bind(dict(gaussians.params.items()), frames)
+
+    def forward(self, view: View, conditions: Conditions | None, stage: Stage | None = None) -> dict:
+        size, K = self.cfg.size, self.data.K
+        w2c, backdrop = self.view_inputs(view)
+        if stage is not None and stage.name == "flametalk":
+            # Only FlameTalk trains here and no pixel depends on it: skip the render (its loss reads the
+            # audio and the fine-tuned mesh parameters). The image is the backdrop, for the step's log.
+            zero = torch.zeros(size, size, 1)
+            return {"image": backdrop, "alpha": zero, "head": backdrop * zero, "metas": {}}
+        # None: the undeformed avatar, i.e. the neutral template (all blendshapes 0) in the frame's pose.
+        expression = torch.zeros(self.model.num_expressions) if conditions is None else conditions["expression"]
+        out = rasterize(*self.posed_gaussians(view.frame, expression).values(), w2c, K, size, size)
+        return {"image": out.image + (1.0 - out.alpha) * backdrop, "alpha": out.alpha, "head": out.image,
+                "metas": {SET_NAME: out.meta}}
+
+    # ---------------------------------------------------------------------------------- training
+    def losses(self, outputs: dict, batch: Batch, stage: Stage) -> dict[str, Tensor]:
+        if stage.name == "flametalk":
+            return {"flametalk": self._flametalk_loss(batch.frame)}
+        image, target = outputs["image"], batch.image
+        terms = {"l1": (image - target).abs().mean(), "dssim": 1 - ssim(image, target)}
+        if self.cfg.losses.mouth_box > 0:
+            terms["mouth_box"] = mouth_box_l1(image, target, self.data.labels(batch.frame))
+        terms["binding"] = self._binding_loss()
+        terms["expression_reg"] = self.mesh.expression_offset[batch.frame].pow(2).mean()
+        terms["pose_reg"] = self._pose_reg(batch.frame)
+        return terms
+
+    def _binding_loss(self) -> Tensor:
+        gaussians = self.sets[SET_NAME]
+        bound = (gaussians.attrs["triangle"] >= 0).float()[:, None]
+        offset = F.relu(gaussians.params["means"].norm(dim=-1, keepdim=True) - self.cfg.binding_free_offset_mm)
+        scale = F.relu(gaussians.params["log_scales"].exp() - self.cfg.binding_free_scale_mm)
+        return (bound * (offset + scale)).mean()
+
+    def _pose_reg(self, frame: int) -> Tensor:
+        mesh = self.mesh
+        return ((mesh.rotation_offset[frame] * POSE_REG_DEGREES).pow(2).mean()
+                + (mesh.translation_offset[frame] * POSE_TRANSLATION_UNIT).pow(2).mean()
+                + (mesh.log_scale_offset[frame] * POSE_REG_LOG_SCALE).pow(2).mean())
+
+    def _flametalk_loss(self, frame: int) -> Tensor:
+        """Eq. 2 over ``batch_windows`` windows: the engine's frame and more drawn from the recipe's
+        generator (checkpointed, so a resumed run draws the same)."""
+        cfg = self.cfg.flametalk
+        extra = self.rng.choice(self.data.train_frames, size=cfg.batch_windows - 1)
+        targets = (self.mesh.tracked + self.mesh.expression_offset.detach()).clamp(0.0, 1.0)[:, self.mouth_columns]
+        losses = []
+        for t in (frame, *map(int, extra)):
+            start = max(0, t - cfg.context_frames + 1)
+            pred = self.flametalk(self.data.audio[start:t + 1][None])[0]
+            losses.append(vertex_l2(pred, targets[start:t + 1], self.mouth_gram))
+        return torch.stack(losses).mean()
+
+    # ---------------------------------------------------------------------------------- reporting
+    @torch.no_grad()
+    def mouth_vertex_errors(self, frames: np.ndarray) -> dict[str, float]:
+        """Held-out FlameTalk error: RMS vertex distance (mm) over the mouth region between the mesh of
+        the predicted and of the tracked jaw/mouth weights, and the same for the training mean."""
+        cols, context = self.mouth_columns, self.cfg.flametalk.context_frames
+        targets = self.mesh.tracked[:, cols]
+        preds = torch.stack([self.flametalk(self.data.audio[max(0, t - context + 1):t + 1][None])[0, -1].clamp(0, 1)
+                             for t in map(int, frames)])
+        mean = self.mesh.tracked[torch.as_tensor(self.data.train_frames)][:, cols].mean(0).expand_as(preds)
+        truth = targets[torch.as_tensor(frames)]
+        return {"flametalk_mm": math.sqrt(float(vertex_l2(preds, truth, self.mouth_gram))),
+                "mean_expression_mm": math.sqrt(float(vertex_l2(mean, truth, self.mouth_gram)))}
+
+    def summary_extras(self) -> dict:
+        gaussians = self.sets[SET_NAME]
+        extras = {"rigid_gaussians": int((gaussians.attrs["triangle"] < 0).sum()),
+                  "mouth_region_vertices": self.mouth_vertices}
+        if len(self.data.val_frames):
+            extras["held_out_mouth_vertex_rms"] = {k: round(v, 3) for k, v in
+                                                   self.mouth_vertex_errors(self.data.val_frames).items()}
+        return extras
+
+
+# ====================================================================================== helpers
+MOUTH_BOX_PADDING_PX = 6
+
+
+def mouth_box_l1(image: Tensor, target: Tensor, labels: Tensor) -> Tensor:
+    """Mean |image - target| over the padded bounding box of the lips and mouth opening (0 if none)."""
+    ys, xs = torch.nonzero((labels == LIPS) | (labels == INSIDE_MOUTH), as_tuple=True)
+    if ys.numel() == 0:
+        return image.new_zeros(())
+    pad, size = MOUTH_BOX_PADDING_PX, labels.shape[0]
+    y0, y1 = max(int(ys.min()) - pad, 0), min(int(ys.max()) + pad + 1, size)
+    x0, x1 = max(int(xs.min()) - pad, 0), min(int(xs.max()) + pad + 1, size)
+    return (image[y0:y1, x0:x1] - target[y0:y1, x0:x1]).abs().mean()
+
+
+def _zbuffer_visible(uv: Tensor, depth: Tensor, size: int) -> Tensor:
+    """Which projected points (N, 2 px) are within ZBUFFER_TOLERANCE_MM of the nearest point in their
+    ZBUFFER_CELL_PX cell (and inside the image, in front of the camera)."""
+    cells = size // ZBUFFER_CELL_PX + 1
+    inside = (uv >= 0).all(-1) & (uv < size).all(-1) & (depth > 0)
+    cell = (uv.clamp(0, size - 1) // ZBUFFER_CELL_PX).long()
+    index = cell[:, 1] * cells + cell[:, 0]
+    nearest = torch.full((cells * cells,), math.inf).scatter_reduce(
+        0, index[inside], depth[inside], reduce="amin")
+    return inside & (depth <= nearest[index] + ZBUFFER_TOLERANCE_MM)
