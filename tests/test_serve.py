@@ -326,6 +326,25 @@ def test_clients_that_disconnect_mid_stream_do_not_disturb_others(avatars):
     run(go())
 
 
+def test_microphone_audio_is_spoken_back(avatars):
+    from talksplat.serve.client import ToneTrack, Viewer
+
+    async def go():
+        async with serving(avatars) as (http, base, _):
+            sid = (await _create(http, base))["id"]
+            viewer = Viewer()
+            await viewer.connect(http, base, sid, microphone=ToneTrack.make())
+            assert await viewer.wait_for_frames(FRAMES_TO_CONNECT + 25, CONNECT_TIMEOUT_S)
+            async with http.get(f"{base}/api/sessions/{sid}") as r:
+                status = await _json(r)
+            await viewer.close()
+            return status, viewer.audio_peak
+
+    status, peak = run(go())
+    assert status["speaking"] is True           # the tone is streamed speech
+    assert peak > 0.05                          # and comes back as the avatar's audio
+
+
 def _abandoned_upload(base: str, sid: str) -> None:
     """Declares a 100 kB upload, sends 1 kB, and hangs up."""
     host, port = base.split("//")[1].split(":")

@@ -35,7 +35,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
 SHOWN_NAME_CHARS = 64          # how much of an unknown name an error message repeats
 REAPER_PERIOD_S = 5.0
-PROBE_BURSTS = 10
+PROBE_BURSTS = 20            # one a second: 20 s of probe
 STATE = web.AppKey("state", object)
 REAPER = web.AppKey("reaper", object)
 
@@ -336,6 +336,8 @@ def make_app(avatars: dict[str, Avatar], limits: ServeLimits | None = None, loop
     if not avatars:
         raise TalksplatError("no avatars to serve")
     limits = limits or ServeLimits()
+    for name, avatar in avatars.items():
+        _check_streams(name, avatar)
     if loopback:
         from talksplat.serve.media import restrict_ice_to_loopback
 
@@ -364,6 +366,16 @@ def make_app(avatars: dict[str, Avatar], limits: ServeLimits | None = None, loop
     app.on_startup.append(_start_reaper)
     app.on_shutdown.append(_close_all)
     return app
+
+
+def _check_streams(name: str, avatar: Avatar) -> None:
+    """Refuses, at start-up, an avatar whose audio feature cannot be streamed (docs/render.md)."""
+    from talksplat.render.renderer import Renderer
+
+    try:
+        Renderer(avatar).stream()
+    except TalksplatError as exc:
+        raise TalksplatError(f"avatar {name} cannot be served live: {exc}") from None
 
 
 async def _start_reaper(app: web.Application) -> None:

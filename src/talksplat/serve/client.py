@@ -12,6 +12,43 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 
+class ToneTrack:
+    """Makes an aiortc audio track playing a steady tone in real time (a stand-in microphone)."""
+
+    @staticmethod
+    def make(hz: float = 440.0, amplitude: float = 0.3):
+        import fractions
+
+        from aiortc import MediaStreamTrack
+        from av import AudioFrame
+
+        rate, chunk = 48_000, 960
+
+        class _Tone(MediaStreamTrack):
+            kind = "audio"
+
+            def __init__(self) -> None:
+                super().__init__()
+                self._n = 0
+                self._start: float | None = None
+
+            async def recv(self):
+                if self._start is None:
+                    self._start = time.monotonic()
+                delay = self._start + self._n * chunk / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                t = (self._n * chunk + np.arange(chunk)) / rate
+                pcm = (amplitude * 32767 * np.sin(2 * np.pi * hz * t)).astype(np.int16)
+                frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+                frame.sample_rate, frame.pts = rate, self._n * chunk
+                frame.time_base = fractions.Fraction(1, rate)
+                self._n += 1
+                return frame
+
+        return _Tone()
+
+
 class Viewer:
     """``await viewer.connect(http, base_url, session_id)``; frames and audio then accumulate in
     ``video_frames`` (count), ``last_images`` (the newest few, RGB) and ``audio_peak``."""
@@ -27,10 +64,14 @@ class Viewer:
         self.last_images: list[np.ndarray] = []
         self._tasks: list[asyncio.Task] = []
 
-    async def connect(self, http, base_url: str, session_id: str) -> None:
-        """``http``: an aiohttp ClientSession. Negotiates, then starts reading both tracks."""
+    async def connect(self, http, base_url: str, session_id: str, microphone=None) -> None:
+        """``http``: an aiohttp ClientSession. Negotiates, then starts reading both tracks.
+        ``microphone``: an aiortc audio track to send as the viewer's microphone."""
         self.pc.addTransceiver("video", direction="recvonly")
-        self.pc.addTransceiver("audio", direction="recvonly")
+        if microphone is None:
+            self.pc.addTransceiver("audio", direction="recvonly")
+        else:
+            self.pc.addTransceiver(microphone, direction="sendrecv")
 
         @self.pc.on("track")
         def _track(track) -> None:

@@ -24,13 +24,18 @@ TTS_TIMEOUT_S = 30.0
 # Recordings stop by themselves at this length (x264 at 256^2: a few MB per minute).
 MAX_RECORD_SECONDS = 300.0
 
-# Timing. A frame is rendered this long before it is due (one frame's compute at 256^2 is ~35 ms on
-# two idle cores); speech that arrives is placed right after the audio already committed to frames
-# rendered so far, so this lead adds directly to the first-frame latency.
+# Timing. A frame is rendered at least this long before it is due (one frame's compute at 256^2 is
+# ~35 ms on two idle cores); speech that arrives is placed right after the audio already committed to
+# frames rendered so far, so the lead adds directly to the first-frame latency.
 RENDER_LEAD_S = 0.060
-# A frame that would be sent more than this late is skipped (the previous one is shown again), so an
-# overloaded server drops frames instead of drifting away from the audio.
-LATE_TOLERANCE_S = 0.020
+# On a busy machine (or with several sessions on the one render thread) frames take longer from being
+# started to being ready; the lead grows to that time (plus a margin), up to this much.
+MAX_RENDER_LEAD_S = 0.200
+RENDER_LEAD_MARGIN_S = 0.010
+# A frame may be sent one slot late (A/V off by one frame for that frame); one that would be later is
+# skipped (the previous frame is shown again), so an overloaded server drops frames instead of
+# drifting away from the audio.
+LATE_TOLERANCE_S = 0.040
 # Streamed (microphone, audio/L16) speech starts this much after it arrives, absorbing network jitter.
 LIVE_JITTER_S = 0.060
 
@@ -46,6 +51,7 @@ class ServeLimits:
     tts_timeout_s: float = TTS_TIMEOUT_S
     max_record_seconds: float = MAX_RECORD_SECONDS
     render_lead_s: float = RENDER_LEAD_S
+    max_render_lead_s: float = MAX_RENDER_LEAD_S
     late_tolerance_s: float = LATE_TOLERANCE_S
     live_jitter_s: float = LIVE_JITTER_S
 

@@ -54,7 +54,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         session.ensure_started()
         behind = session.current_slot() - self._slot
         if behind > MAX_LAG_FRAMES:
-            session.stats["slots_late_skipped"] = session.stats.get("slots_late_skipped", 0) + behind
+            session.stats["slots_late_skipped"] += behind
             self._slot += behind
         slot = self._slot
         self._slot += 1

@@ -31,7 +31,7 @@ from talksplat.errors import TalksplatError
 from talksplat.render.renderer import Renderer, RenderOptions
 from talksplat.render.stream import RenderStream
 from talksplat.serve import probe
-from talksplat.serve.limits import ServeLimits
+from talksplat.serve.limits import RENDER_LEAD_MARGIN_S, ServeLimits
 from talksplat.serve.timeline import AudioTimeline
 
 log = logging.getLogger("talksplat.serve")
@@ -55,6 +55,7 @@ class FrameGate:
     def __init__(self, renderer: Renderer, session: Session) -> None:
         self.renderer = renderer
         self.session = session
+        self.skip_all = False        # set while the session catches up with its clock
 
     def audio_window_extent(self) -> tuple[int, int]:
         return self.renderer.audio_window_extent()
@@ -63,7 +64,7 @@ class FrameGate:
         return self.renderer.stage(name)
 
     def render_frame(self, i, windows, window_index, options, seam_meter=None):
-        if self.session.too_late(i):
+        if self.skip_all or self.session.too_late(i):
             return i, None
         start = time.monotonic()
         image = self.renderer.render_frame(i, windows, window_index, options, seam_meter)
@@ -84,7 +85,8 @@ class Session:
         self.probe_stamps = probe_stamps
         self.renderer = Renderer(avatar)
         checked = self.renderer.stream(RenderOptions(pose="loop", expression="video"))
-        self.stream = RenderStream(FrameGate(self.renderer, self), checked.options, checked.feature)
+        self._gate = FrameGate(self.renderer, self)
+        self.stream = RenderStream(self._gate, checked.options, checked.feature)
         self.latency_samples = self.stream.latency_samples
         keep = self.latency_samples + 4 * SAMPLES_PER_FRAME
         self.timeline = AudioTimeline(limits.max_queued_seconds, keep)
@@ -99,11 +101,16 @@ class Session:
         self._blank = np.zeros((self.size, self.size, 3), np.uint8)
         self._last_sent: np.ndarray | None = None
         self._render_ema = 0.0
+        self._turnaround_ema = 0.0
+        self._sent: int = -1                   # index of the newest frame sent
         self._renders = 0
         self._skips_in_a_row = 0
         self._task: asyncio.Task | None = None
         self._unmeasured: deque = deque(maxlen=LATENCY_RECORDS)
+        # slots: frame times the video track sent something; repeated: the last picture again (dropped);
+        # one_late: the previous frame, ready one slot late; late_skipped: slots the track jumped over.
         self.stats = {"frames_rendered": 0, "frames_skipped": 0, "slots_sent": 0, "slots_repeated": 0,
+                      "slots_one_late": 0, "slots_late_skipped": 0,
                       "audio_chunks_sent": 0, "audio_underruns": 0, "render_ms_total": 0.0}
         self.first_frame_latencies_ms: deque[float] = deque(maxlen=LATENCY_RECORDS)
 
@@ -128,8 +135,8 @@ class Session:
         return 0 if self.t0 is None else max(int((time.monotonic() - self.t0) / FRAME_S), 0)
 
     def too_late(self, frame: int) -> bool:
-        """Whether to skip ``frame``: already late, or predicted to finish late (then at most
-        MAX_CONSECUTIVE_SKIPS in a row)."""
+        """Whether to skip ``frame`` (called on the render thread, so queueing is already behind us):
+        already too late, or predicted to finish too late (then at most MAX_CONSECUTIVE_SKIPS in a row)."""
         now, due = time.monotonic(), self.due(frame) + self.limits.late_tolerance_s
         late = now > due or (now + self._render_ema > due and self._skips_in_a_row < MAX_CONSECUTIVE_SKIPS)
         self._skips_in_a_row = self._skips_in_a_row + 1 if late else 0
@@ -143,17 +150,32 @@ class Session:
         w = RENDER_TIME_SMOOTHING
         self._render_ema = seconds if self._render_ema == 0 else (1 - w) * self._render_ema + w * seconds
 
+    def render_lead(self) -> float:
+        """How long before a frame is due its rendering starts: the configured lead, or the recent
+        time from starting a frame to having it (queueing for the render thread included) plus a margin."""
+        wanted = self._turnaround_ema + RENDER_LEAD_MARGIN_S
+        return min(max(self.limits.render_lead_s, wanted), self.limits.max_render_lead_s)
+
+    def _note_turnaround(self, seconds: float) -> None:
+        w = RENDER_TIME_SMOOTHING
+        self._turnaround_ema = seconds if self._turnaround_ema == 0 else (1 - w) * self._turnaround_ema + w * seconds
+
     # ------------------------------------------------------------------------------------ rendering
     async def _render_loop(self) -> None:
         loop = asyncio.get_running_loop()
         n = 0
         try:
             while not self.closed:
-                await _sleep_until(self.due(n) - self.limits.render_lead_s)
+                await _sleep_until(self.due(n) - self.render_lead())
                 if self.closed:
                     break
+                produced = self._catch_up(n)
+                n = self.stream.frames_emitted
                 new = self.timeline.take_until(n * SAMPLES_PER_FRAME + self.latency_samples)
-                produced = await loop.run_in_executor(self.render_pool, _drain, self.stream.iter_push(new))
+                started = time.monotonic()
+                produced += await loop.run_in_executor(self.render_pool, _drain, self.stream.iter_push(new))
+                if any(image is not None for _, image in produced):
+                    self._note_turnaround(time.monotonic() - started)
                 for i, image in produced:
                     if image is None:
                         self.stats["frames_skipped"] += 1
@@ -170,16 +192,34 @@ class Session:
             log.exception("session %s: rendering failed; closing it", self.id)
             await self.close()
 
+    def _catch_up(self, n: int) -> list:
+        """Skips, here and at once, frames ``n``... that can no longer be ready in time (behind the clock
+        after a slow stretch): only their audio features are computed, so the render thread's queue
+        holds real renders only and the session is back on its clock after one step."""
+        ready_at = time.monotonic() + self._turnaround_ema - self.limits.late_tolerance_s
+        first_possible = int(np.ceil((ready_at - self.due(0)) / FRAME_S))
+        if first_possible <= n:
+            return []
+        self._gate.skip_all = True
+        try:
+            new = self.timeline.take_until((first_possible - 1) * SAMPLES_PER_FRAME + self.latency_samples)
+            return list(self.stream.iter_push(new))
+        finally:
+            self._gate.skip_all = False
+
     # ------------------------------------------------------------------------------------ media
     def frame_for_slot(self, slot: int) -> np.ndarray:
-        """The picture sent at ``slot``: frame ``slot`` if rendered, else the newest earlier one."""
+        """The picture sent at ``slot``: frame ``slot`` if rendered, else the previous frame if it came
+        late and was not sent yet (one slot late), else the last picture again (a dropped frame)."""
         self.stats["slots_sent"] += 1
-        image = self._frames.get(slot)
-        if image is None:
+        index = slot if slot in self._frames else slot - 1
+        if index in self._frames and index > self._sent:
+            image, self._sent = self._frames[index], index
+            if index < slot:
+                self.stats["slots_one_late"] += 1
+        else:
             self.stats["slots_repeated"] += 1
-            earlier = [i for i in self._frames if i < slot]
-            image = self._frames[max(earlier)] if earlier else (self._last_sent if self._last_sent is not None
-                                                               else self._blank)
+            image = self._last_sent if self._last_sent is not None else self._blank
         self._last_sent = image
         self._measure_latency(slot)
         if self.probe_stamps:

@@ -57,7 +57,7 @@ function waitForIceGathering(pc) {
   });
 }
 
-async function start() {
+async function startSession() {
   $("start").disabled = true;
   const avatar = $("avatar-select").value;
   try {
@@ -85,7 +85,7 @@ async function start() {
   }
 }
 
-async function stop() {
+async function stopSession() {
   const id = state.sessionId;
   state.sessionId = null;
   if (state.micTrack) { state.micTrack.stop(); state.micTrack = null; }
@@ -173,11 +173,12 @@ async function autoplay() {
   // Muted: browsers allow muted autoplay without a click; the Unmute button turns the sound on.
   $("avatar").muted = true;
   $("unmute").hidden = false;
-  await start();
+  await startSession();
   if (!state.sessionId) return;
   const sample = parseInt(params.get("sample") || "0", 10);
   if (params.get("probe") === "1") {
     await waitForVideo();
+    await new Promise((resolve) => setTimeout(resolve, PROBE_WARMUP_MS));
     runProbe();
   } else if (sample > 0) {
     await run(`playing sample ${sample}`, () => api("POST", session("sample"), { number: sample }));
@@ -196,7 +197,10 @@ function waitForVideo() {
 // Video: each presented frame's stamp (frame index, "a burst starts here") and its display time
 // (requestVideoFrameCallback). Audio: the remote track's samples as they are played out
 // (MediaStreamTrackProcessor), where each tone burst starts. offset = audio onset - video onset.
+// PROBE_WARMUP_MS: the browser aligns the tracks from the RTCP sender reports (about one a second),
+// so the probe starts once it has had a few.
 const PROBE_STAMP_BITS = 12, PROBE_BLOCKS_ACROSS = 16, PROBE_THRESHOLD = 0.1, PROBE_QUIET_MS = 500;
+const PROBE_WARMUP_MS = 5000;
 
 async function runProbe() {
   const video = $("avatar");
@@ -241,8 +245,8 @@ async function runProbe() {
 }
 
 // ------------------------------------------------------------------------------------- wiring
-$("start").onclick = start;
-$("stop").onclick = stop;
+$("start").onclick = startSession;
+$("stop").onclick = stopSession;
 $("mic").onclick = toggleMic;
 $("upload").onclick = uploadFile;
 $("sample").onclick = () => run("playing sample", () => api("POST", session("sample"), { number: parseInt($("sample-select").value, 10) }));
