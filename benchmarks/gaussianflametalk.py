@@ -1,0 +1,128 @@
+"""GaussianFlameTalk vs TalkingGaussian on one prepared subject (issue 16's acceptance figures).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/gaussianflametalk.py SUBJECT_DIR \
+        --audio A.ogg B.ogg [--gft-set KEY=VALUE ...] [--tg-set KEY=VALUE ...] [--skip-train] [--name NAME]
+
+1. Trains (or resumes) both recipes into SUBJECT/runs/<recipe> with the given settings (pick the
+   iteration counts so their training wall times match; both are reported).
+2. ``talksplat eval`` self-reconstruction of each (held-out PSNR / SSIM, head box, LMD, lip opening r,
+   A/V offset) and cross-driven by each unseen speech clip (A/V offset, stability).
+3. Stability: the eval scores each render against the real video with components normalised over
+   that pair; here the nose tracks of GaussianFlameTalk, TalkingGaussian and the real video are also
+   scored together (one normalisation over all three), so the two recipes are on one scale.
+4. FlameTalk alone: held-out mouth-region vertex RMS (mm) vs predicting the mean expression.
+
+Writes benchmarks/results/gaussianflametalk.json under NAME (default: the subject folder's name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from _machine import machine_info
+
+import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
+from talksplat.engine.config import apply_overrides
+from talksplat.engine.trainer import TrainerConfig, train
+from talksplat.eval import EvalConfig, evaluate_subject
+from talksplat.eval import metrics as M
+from talksplat.eval import signals as S
+from talksplat.recipes import RECIPES, load_avatar
+
+RESULTS = Path(__file__).parent / "results" / "gaussianflametalk.json"
+RECIPE_NAMES = ("gaussianflametalk", "talkinggaussian")
+
+
+def _train(subject: Path, name: str, sets: list[str], skip: bool) -> dict:
+    run = subject / "runs" / name
+    if not skip:
+        cls = RECIPES[name]
+        cfg = apply_overrides(cls.Config(), dict(item.split("=", 1) for item in sets))
+        train(subject, cls, cfg, TrainerConfig(quiet=False), out_dir=run)
+    return json.loads((run / "summary.json").read_text())
+
+
+def _self_eval(subject: Path, name: str) -> dict:
+    out = subject / "eval" / f"gft-bench-{name}"
+    m = evaluate_subject(subject, subject / "runs" / name, None, out, EvalConfig(progress=False), name)
+    lms = np.load(out / "landmarks.npz")
+    motion = m["motion"]
+    return {"psnr": m["image"]["full"]["psnr"], "ssim": m["image"]["full"]["ssim"],
+            "psnr_head_box": (m["image"]["head"] or {}).get("psnr"), "ssim_head_box": (m["image"]["head"] or {}).get("ssim"),
+            "lmd_all_px": motion["lmd_all_px"], "lmd_mouth_px": motion["lmd_mouth_px"],
+            "lip_opening_r": motion["lip_opening"]["correlation"],
+            "lip_opening_r_check": M.pearson(S.lip_opening(lms["ours"]), S.lip_opening(lms["reference"])),
+            "sync": _sync(m["sync"]), "stability_vs_real": _stability(m["stability"]),
+            "frames": m["frames"]["evaluated"]}
+
+
+def _driven_eval(subject: Path, name: str, audio: Path) -> tuple[dict, np.ndarray, np.ndarray]:
+    out = subject / "eval" / f"gft-bench-{name}-{audio.stem}"
+    m = evaluate_subject(subject, subject / "runs" / name, audio, out, EvalConfig(progress=False), name)
+    lms = np.load(out / "landmarks.npz")
+    return ({"sync": _sync(m["sync"]), "stability_vs_real": _stability(m["stability"]),
+             "render_fps": m.get("efficiency", {}).get("render_fps")},
+            S.nose_track(lms["ours"]), S.nose_track(lms["reference"]))
+
+
+def _sync(sync: dict) -> dict:
+    keep = ("offset_frames", "confidence", "reliable")
+    return {side: {k: sync[side].get(k) for k in keep} for side in ("ours", "reference")}
+
+
+def _stability(st: dict) -> dict:
+    return {side: st[side]["score"] for side in ("ours", "reference") if side in st}
+
+
+@torch.no_grad()
+def _flametalk_alone(subject: Path) -> dict:
+    avatar = load_avatar(subject, recipe="gaussianflametalk")
+    return avatar.recipe.mouth_vertex_errors(avatar.subject.val_frames)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("subject", type=Path)
+    parser.add_argument("--audio", type=Path, nargs="+", required=True, help="unseen speech clips")
+    parser.add_argument("--gft-set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--tg-set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--skip-train", action="store_true", help="evaluate the existing runs")
+    parser.add_argument("--name", default=None)
+    args = parser.parse_args()
+
+    result: dict = {"machine": machine_info(), "subject": str(args.subject),
+                    "settings": {"gaussianflametalk": args.gft_set, "talkinggaussian": args.tg_set}}
+    sets = {"gaussianflametalk": args.gft_set, "talkinggaussian": args.tg_set}
+    for name in RECIPE_NAMES:
+        summary = _train(args.subject, name, sets[name], args.skip_train)
+        result[name] = {"train_seconds": summary["train_seconds"], "iterations": summary["iterations"],
+                        "gaussians": summary["gaussians"], "ms_per_iteration_median": summary["ms_per_iteration_median"],
+                        "threads": summary["threads"], "self": _self_eval(args.subject, name), "driven": {}}
+        print(json.dumps({name: result[name]}, indent=1), flush=True)
+    result["flametalk_alone_held_out_mouth_vertex_rms_mm"] = _flametalk_alone(args.subject)
+    joint = {}
+    for audio in args.audio:
+        tracks = {}
+        for name in RECIPE_NAMES:
+            scores, ours, reference = _driven_eval(args.subject, name, audio)
+            result[name]["driven"][audio.name] = scores
+            tracks[name], tracks["real"] = ours, reference
+        scored = M.stability_scores(list(tracks.values()))
+        joint[audio.name] = {k: s.score for k, s in zip(tracks, scored, strict=True)}
+        print(json.dumps({audio.name: joint[audio.name]}), flush=True)
+    result["stability_joint"] = {"label": "GaussianFlameTalk Sec. 3.3 stability of the nose track; components "
+                                          "normalised over the three videos together; higher = less stable",
+                                 "by_audio": joint}
+    print(json.dumps(result, indent=1))
+    all_results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    all_results[args.name or args.subject.name] = result
+    RESULTS.write_text(json.dumps(all_results, indent=1))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
