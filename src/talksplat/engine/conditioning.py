@@ -1,13 +1,24 @@
-"""Conditioners shared by recipes: audio windows (+ an expression source) -> per-frame conditions."""
+"""Conditioning shared by recipes: the speech code that drives motion fields (``SpeechCondition``) and
+the render-time conditioner (audio windows + an expression source -> per-frame conditions)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from talksplat.engine.contract import Conditioner, Conditions
 from talksplat.errors import TalksplatError
-from talksplat.fields.motion import temporal_window
+from talksplat.features.lipstate import LipBasis, fit_audio_to_lips
+from talksplat.fields.motion import (
+    AudioEncoder,
+    AudioEncoderConfig,
+    LipStateEncoder,
+    LipStateEncoderConfig,
+    temporal_window,
+)
 
 # A frame far from both ends of a clip, to read a temporal window's extent off ``temporal_window``.
 _PROBE_FRAME = 1_000_000
@@ -41,3 +52,66 @@ class AudioExpressionConditioner(Conditioner):
         code = self.audio_encoder(windows, index)
         expr = self.expressions[source_frame] if expression == "video" else self.neutral
         return {"audio_code": code, "expression": expr}
+
+
+SPEECH_CONDITIONS = ("lipstate", "learned")
+
+
+class SpeechCondition(nn.Module):
+    """Audio -> the per-frame code that drives a recipe's motion fields (a shared part).
+
+    ``lipstate``: a ridge map from the audio window to the lip shape (features.lipstate), fitted in
+    closed form on the training frames, then a small network with temporal attention; training feeds
+    it the *tracked* lip states (teacher forcing, optionally with noise), rendering the states
+    *predicted* from audio. ``learned``: the paper-style AudioNet on the raw feature windows, trained
+    end to end (it memorises short clips; docs/training.md).
+    """
+
+    def __init__(self, data, kind: str, lip_state: LipStateEncoderConfig, audio: AudioEncoderConfig,
+                 noise: float = 0.0, max_gain: float = 2.0) -> None:
+        super().__init__()
+        if kind not in SPEECH_CONDITIONS:
+            raise ValueError(f"audio condition must be one of {SPEECH_CONDITIONS} (got {kind!r})")
+        self.data, self.noise = data, noise
+        self.lip_states: Tensor | None = None
+        self.fit_summary: dict = {}
+        if kind == "lipstate":
+            self.encoder = self._fit_lip_state_encoder(lip_state, max_gain)
+        else:
+            self.encoder = AudioEncoder(replace(audio, window=int(data.audio.shape[1]), input_dim=int(data.audio.shape[2])))
+            self.encoder.fit_normalisation(data.audio[torch.as_tensor(data.train_frames)])
+
+    @property
+    def out_dim(self) -> int:
+        return int(self.encoder.config.out_dim)
+
+    def _fit_lip_state_encoder(self, cfg: LipStateEncoderConfig, max_gain: float) -> LipStateEncoder:
+        data, train = self.data, self.data.train_frames
+        basis = LipBasis.fit(data.lip_shapes[train], cfg.lip_dims)
+        states = basis.coefficients(data.lip_shapes)
+        fit = fit_audio_to_lips(data.audio[torch.as_tensor(train)].numpy(), states[train], max_gain=max_gain)
+        encoder = LipStateEncoder(replace(cfg, input_dim=int(np.prod(data.audio.shape[1:]))))
+        encoder.set_map(fit.x_mean, fit.x_std, fit.weight, fit.bias)
+        self.lip_states = torch.from_numpy(states)
+        self.fit_summary = {"ridge": fit.ridge, "cv_correlation": [round(float(c), 3) for c in fit.cv_correlation],
+                            "gain": [round(float(g), 3) for g in fit.gain],
+                            "explained_variance": [round(float(e), 3) for e in basis.explained]}
+        return encoder
+
+    def conditions(self, frame: int) -> Conditions:
+        """Frame ``frame``'s own conditions: the code from its recorded audio, its expression."""
+        return {"audio_code": self.encoder(self.data.audio, frame), "expression": self.data.expressions[frame]}
+
+    def training_conditions(self, frame: int) -> Conditions:
+        """Lipstate: the tracked lip states (plus noise) teacher-force the code; learned: the audio."""
+        if self.lip_states is None:
+            return self.conditions(frame)
+        noisy = self.lip_states + self.noise * torch.randn_like(self.lip_states)
+        return {"audio_code": self.encoder.from_states(noisy, frame), "expression": self.data.expressions[frame]}
+
+    def conditioner(self, audio_feature: str) -> AudioExpressionConditioner:
+        """For new audio: the code from the audio, the expression of the pose's source frame (or the
+        training median)."""
+        train = torch.as_tensor(self.data.train_frames)
+        neutral = self.data.expressions[train].median(dim=0).values
+        return AudioExpressionConditioner(self.encoder, self.data.expressions, neutral, audio_feature)

@@ -28,15 +28,13 @@ from torch import Tensor
 from talksplat.core.labels import HEAD_LABELS, INSIDE_MOUTH, LIPS
 from talksplat.data.samplers import IncrementalSamplingConfig, make_sampler
 from talksplat.data.subject import SubjectData
-from talksplat.engine.conditioning import AudioExpressionConditioner
+from talksplat.engine.conditioning import SPEECH_CONDITIONS, AudioExpressionConditioner, SpeechCondition
 from talksplat.engine.config import RecipeConfig
 from talksplat.engine.contract import Batch, Conditions, Recipe, Stage, View
 from talksplat.engine.losses import ssim
 from talksplat.fields.hashgrid import HashGridConfig
 from talksplat.fields.motion import (
-    AudioEncoder,
     AudioEncoderConfig,
-    LipStateEncoder,
     LipStateEncoderConfig,
     MotionField,
     MotionFieldConfig,
@@ -46,7 +44,7 @@ from talksplat.gaussians.gaussian_set import DensifyConfig, GaussianSet
 from talksplat.gaussians.model import GaussianLearningRates
 
 MOUTH_DEPTH_BEHIND_LIPS_MM = 8.0  # the mouth interior starts a little behind the lip surface
-AUDIO_CONDITIONS = ("lipstate", "learned")
+AUDIO_CONDITIONS = SPEECH_CONDITIONS
 
 
 @dataclass
@@ -151,30 +149,8 @@ class TalkingGaussian(Recipe):
             self.sets["mouth"] = GaussianSet(mouth_pts, mouth_cols, lrs,
                                              replace(densify, max_gaussians=cfg.max_mouth_gaussians))
             self.mouth_motion = _motion_field(cfg.mouth_motion, mouth_pts)
-        self.lip_states: Tensor | None = None
-        self.lip_state_fit: dict = {}
-        if cfg.audio_condition == "lipstate":
-            self.audio = self._fit_lip_state_encoder()
-        else:
-            self.audio = AudioEncoder(replace(cfg.audio, window=int(data.audio.shape[1]),
-                                              input_dim=int(data.audio.shape[2])))
-            self.audio.fit_normalisation(data.audio[torch.as_tensor(data.train_frames)])
-
-    def _fit_lip_state_encoder(self) -> LipStateEncoder:
-        from talksplat.features.lipstate import LipBasis, fit_audio_to_lips
-
-        data, train = self.data, self.data.train_frames
-        basis = LipBasis.fit(data.lip_shapes[train], self.cfg.lip_state.lip_dims)
-        states = basis.coefficients(data.lip_shapes)
-        fit = fit_audio_to_lips(data.audio[torch.as_tensor(train)].numpy(), states[train],
-                                max_gain=self.cfg.lip_state_max_gain)
-        encoder = LipStateEncoder(replace(self.cfg.lip_state, input_dim=int(np.prod(data.audio.shape[1:]))))
-        encoder.set_map(fit.x_mean, fit.x_std, fit.weight, fit.bias)
-        self.lip_states = torch.from_numpy(states)
-        self.lip_state_fit = {"ridge": fit.ridge, "cv_correlation": [round(float(c), 3) for c in fit.cv_correlation],
-                              "gain": [round(float(g), 3) for g in fit.gain],
-                              "explained_variance": [round(float(e), 3) for e in basis.explained]}
-        return encoder
+        self.audio = SpeechCondition(data, cfg.audio_condition, cfg.lip_state, cfg.audio, cfg.lip_state_noise,
+                                     cfg.lip_state_max_gain)
 
     # ---------------------------------------------------------------------------------- structure
     def stages(self) -> list[Stage]:
@@ -206,20 +182,13 @@ class TalkingGaussian(Recipe):
 
     # ---------------------------------------------------------------------------------- conditions
     def conditions(self, frame: int) -> Conditions:
-        """The avatar's own conditions for frame t: audio code from the recorded audio, its expression."""
-        return {"audio_code": self.audio(self.data.audio, frame), "expression": self.data.expressions[frame]}
+        return self.audio.conditions(frame)
 
     def training_conditions(self, frame: int, stage: Stage) -> Conditions:
-        """Lipstate: the tracked lip states (plus noise) teacher-force the audio code; learned: the audio."""
-        if self.lip_states is None:
-            return self.conditions(frame)
-        noisy = self.lip_states + self.cfg.lip_state_noise * torch.randn_like(self.lip_states)
-        return {"audio_code": self.audio.from_states(noisy, frame), "expression": self.data.expressions[frame]}
+        return self.audio.training_conditions(frame)
 
     def conditioner(self) -> AudioExpressionConditioner:
-        train = torch.as_tensor(self.data.train_frames)
-        neutral = self.data.expressions[train].median(dim=0).values
-        return AudioExpressionConditioner(self.audio, self.data.expressions, neutral, self.cfg.audio_feature)
+        return self.audio.conditioner(self.cfg.audio_feature)
 
     # ---------------------------------------------------------------------------------- rendering
     def _deformed(self, name: str, conditions: Conditions | None) -> dict[str, Tensor]:
@@ -258,7 +227,7 @@ class TalkingGaussian(Recipe):
         return terms
 
     def summary_extras(self) -> dict:
-        return {"lip_state_map": self.lip_state_fit} if self.lip_state_fit else {}
+        return {"lip_state_map": self.audio.fit_summary} if self.audio.fit_summary else {}
 
 
 def _motion_field(cfg: MotionFieldConfig, points: Tensor) -> MotionField:
