@@ -34,8 +34,10 @@ UTTERANCE_SECONDS = 4.5        # ... this long, so each one starts from silence
 CONNECT_TIMEOUT_S = 60.0
 SAMPLE_PERIOD_S = 1.0
 SERVER_START_TIMEOUT_S = 180.0
-SYNC_TIMEOUT_S = 120.0
-SYNC_BURSTS = 18              # of the probe's 20 bursts (a burst whose frame was dropped has no onset)
+SYNC_BURSTS = 40              # one a second
+SYNC_SETTLED_AFTER = 20       # the browser's own A/V alignment converges over the first seconds
+SYNC_TIMEOUT_S = 60.0
+SYNC_TAIL_S = 3.0             # the last burst's latency
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -141,6 +143,7 @@ async def run_load(base: str, server_pid: int, n: int, seconds: float, avatar: s
                                 "frames_skipped": a["frames_skipped"] - b["frames_skipped"],
                                 "render_ms_mean": a["render_ms_mean"], "audio_underruns":
                                     a["audio_underruns"] - b["audio_underruns"],
+                                "audio_chunks_skipped": a["audio_chunks_skipped"] - b["audio_chunks_skipped"],
                                 "first_frame_latency_ms": lat})
         for viewer in viewers:
             await viewer.close()
@@ -168,11 +171,15 @@ def measure_sync(base: str, avatar: str) -> dict:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
         try:
             page = browser.new_page()
-            page.goto(f"{base}/?avatar={avatar}&probe=1&autoplay=1")
-            page.wait_for_function(f"window.talksplat.probe && window.talksplat.probe.videoOnsets.length >= {SYNC_BURSTS}"
-                                   f" && window.talksplat.probe.audioOnsets.length >= {SYNC_BURSTS}",
-                                   timeout=SYNC_TIMEOUT_S * 1000)
+            page.goto(f"{base}/?avatar={avatar}&probe=1&autoplay=1&probe_bursts={SYNC_BURSTS}")
+            # every burst that was displayed and heard, whatever the browser dropped
+            page.wait_for_function("window.talksplat.probe", timeout=SYNC_TIMEOUT_S * 1000)
+            page.wait_for_timeout((SYNC_BURSTS + SYNC_TAIL_S) * 1000)
             result = page.evaluate("window.talksplat.probe")
+            import urllib.request
+
+            with urllib.request.urlopen(base + "/api/stats", timeout=10) as r:
+                server_side = json.load(r)["sessions"]
             page.evaluate("window.talksplat.probe.done = true")
             page.evaluate("stopSession()")          # frees the server's session slot
         finally:
@@ -193,9 +200,21 @@ def measure_sync(base: str, avatar: str) -> dict:
                 "the first frame"),
             "median_ms": round(float(np.median(offsets)), 1) if offsets else None,
             "within_one_frame": sum(abs(o) <= frame_ms for o in offsets),
+            "settled": _summary(offsets[SYNC_SETTLED_AFTER:], frame_ms),
             "mean_ms": round(float(np.mean(offsets)), 1) if offsets else None,
             "min_ms": min(offsets) if offsets else None, "max_ms": max(offsets) if offsets else None,
-            "frames_checked": result["frames"], "error": result.get("error")}
+            "frames_checked": result["frames"], "error": result.get("error"),
+            "server_session": {k: server_side[0].get(k) for k in (
+                "frames_rendered", "frames_skipped", "slots_sent", "slots_repeated", "slots_one_late",
+                "slots_late_skipped", "audio_chunks_skipped", "audio_underruns", "render_ms_mean")} if server_side else None}
+
+
+def _summary(offsets: list[float], frame_ms: float) -> dict:
+    if not offsets:
+        return {}
+    return {"bursts": len(offsets), "median_ms": round(float(np.median(offsets)), 1),
+            "min_ms": min(offsets), "max_ms": max(offsets),
+            "within_one_frame": sum(abs(o) <= frame_ms for o in offsets)}
 
 
 def main() -> int:

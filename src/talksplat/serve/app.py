@@ -36,6 +36,7 @@ SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
 SHOWN_NAME_CHARS = 64          # how much of an unknown name an error message repeats
 REAPER_PERIOD_S = 5.0
 PROBE_BURSTS = 20            # one a second: 20 s of probe
+MAX_PROBE_BURSTS = 120
 STATE = web.AppKey("state", object)
 REAPER = web.AppKey("reaper", object)
 
@@ -180,6 +181,8 @@ async def create_session(request: web.Request) -> web.Response:
     if not isinstance(name, str) or name not in state.avatars:
         shown = _shown(name) if isinstance(name, str) else repr(type(name).__name__)
         raise ApiError(404, f"unknown avatar {shown}; this server has {', '.join(state.avatars)}")
+    for closed in [s for s in state.sessions.values() if s.closed]:   # hung up since the last sweep
+        await state.close_session(closed)
     if len(state.sessions) >= state.limits.max_sessions:
         raise ApiError(429, f"the server already has {len(state.sessions)} sessions (limit "
                             f"{state.limits.max_sessions}); close one (DELETE /api/sessions/ID) or try later")
@@ -284,10 +287,14 @@ async def play_sample(request: web.Request) -> web.Response:
 async def play_probe(request: web.Request) -> web.Response:
     """Tone bursts for the A/V sync measurement (frames are stamped when the session was made with probe)."""
     session = request.app[STATE].session(request)
-    signal = probe.probe_signal(PROBE_BURSTS)
-    markers = tuple(probe.burst_onsets(0, PROBE_BURSTS))
+    body = await _json_body(request)
+    bursts = body.get("bursts", PROBE_BURSTS)
+    if not isinstance(bursts, int) or isinstance(bursts, bool) or not 1 <= bursts <= MAX_PROBE_BURSTS:
+        raise ApiError(400, f"bursts must be a whole number from 1 to {MAX_PROBE_BURSTS}")
+    signal = probe.probe_signal(bursts)
+    markers = tuple(probe.burst_onsets(0, bursts))
     session.enqueue(signal, time.monotonic(), markers=markers)
-    return web.json_response({**_queued(session, signal), "bursts": PROBE_BURSTS})
+    return web.json_response({**_queued(session, signal), "bursts": bursts})
 
 
 async def interrupt(request: web.Request) -> web.Response:

@@ -34,8 +34,10 @@ AUDIO_CHUNK_S = 0.020                         # what WebRTC sends per audio pack
 AUDIO_CHUNK = int(AUDIO_CHUNK_S * SAMPLE_RATE)
 PCM_MAX = 32767
 # A track that falls further behind the clock than this jumps ahead (drops) instead of bursting.
+# Audio jumps only after a long stall: the Opus encoder numbers its output by samples, so a skip shifts
+# the audio's timestamps against the video's until the next sender report.
 MAX_LAG_FRAMES = 2
-MAX_LAG_AUDIO_CHUNKS = 10
+MAX_LAG_AUDIO_CHUNKS = 50
 LOOPBACK = "127.0.0.1"
 
 
@@ -80,6 +82,7 @@ class AvatarAudioTrack(MediaStreamTrack):
         session.ensure_started()
         behind = int((time.monotonic() - session.due(0)) / AUDIO_CHUNK_S) - self._chunk
         if behind > MAX_LAG_AUDIO_CHUNKS:
+            session.stats["audio_chunks_skipped"] += behind
             self._chunk += behind
         chunk = self._chunk
         self._chunk += 1

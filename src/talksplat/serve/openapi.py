@@ -51,7 +51,8 @@ def openapi_spec(limits: ServeLimits) -> dict:
                                                   errors=(400, 404, 413, 501))},
         "/api/sessions/{sid}/sample": {"post": _op("speak bundled sample NUMBER (1-based)",
                                                    _json({"number": {"type": "integer", "minimum": 1}}))},
-        "/api/sessions/{sid}/probe": {"post": _op("queue the A/V sync probe (tone bursts on frame boundaries)")},
+        "/api/sessions/{sid}/probe": {"post": _op("queue the A/V sync probe (tone bursts on frame boundaries)",
+                                                  _json({"bursts": {"type": "integer", "minimum": 1, "maximum": 120}}))},
         "/api/sessions/{sid}/interrupt": {"post": _op("drop the queued speech")},
         "/api/sessions/{sid}/speaking": {"get": _op("whether the avatar is speaking or has speech queued")},
         "/api/sessions/{sid}/record": {"post": _op("start or stop recording what is sent", _json(

@@ -2,15 +2,16 @@
 session clock, and what the media tracks read at each frame's due time.
 
 Clock: frame ``k`` is due ``t0 + k / 25`` s after the clock starts (when the first media track asks for
-data). The render loop wakes ``render_lead_s`` before frame ``n`` is due, lays the audio frame ``n``
-needs onto the timeline (queued speech, else silence: ``latency_samples`` past the frame's start) and
-renders it on the shared render thread. The video track sends frame ``k`` at its due time (the previous
+data). The render loop wakes a render lead before frame ``n`` is due (``render_lead_s``, longer when
+frames have been taking longer), lays the audio frame ``n`` needs onto the timeline (queued speech,
+else silence: ``latency_samples`` past the frame's start) and renders it on the shared render thread. The video track sends frame ``k`` at its due time (the previous
 frame again if ``k`` is not ready: a dropped frame); the audio track sends the timeline's samples of
 the same instant. Both therefore carry the same frame's audio and picture at the same wall-clock
 time, and the RTCP sender reports tell the browser so (A/V sync).
 
-An overloaded server (more sessions than the cores render) skips frames that could no longer be on
-time instead of falling behind, so every session keeps real time and sync, at a lower frame rate.
+An overloaded server (more sessions than the cores render) skips frames that could no longer be sent
+within one slot of their time instead of falling behind, so every session keeps real time and sync,
+at a lower frame rate.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class Session:
         # slots: frame times the video track sent something; repeated: the last picture again (dropped);
         # one_late: the previous frame, ready one slot late; late_skipped: slots the track jumped over.
         self.stats = {"frames_rendered": 0, "frames_skipped": 0, "slots_sent": 0, "slots_repeated": 0,
-                      "slots_one_late": 0, "slots_late_skipped": 0,
+                      "slots_one_late": 0, "slots_late_skipped": 0, "audio_chunks_skipped": 0,
                       "audio_chunks_sent": 0, "audio_underruns": 0, "render_ms_total": 0.0}
         self.first_frame_latencies_ms: deque[float] = deque(maxlen=LATENCY_RECORDS)
 

@@ -222,7 +222,7 @@ async function runProbe() {
   try {
     const track = video.srcObject.getAudioTracks()[0];
     const reader = new MediaStreamTrackProcessor({ track }).readable.getReader();
-    api("POST", session("probe"));
+    api("POST", session("probe"), { bursts: parseInt(params.get("probe_bursts") || "20", 10) });
     let lastLoud = -Infinity;
     while (!probe.done) {
       const { value: data, done } = await reader.read();
