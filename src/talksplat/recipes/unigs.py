@@ -26,7 +26,7 @@ paper's speech-model features do not ship offline; docs/training.md says why).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -35,7 +35,7 @@ from torch import Tensor
 
 from talksplat.core.labels import BACKGROUND, HAIR, INSIDE_MOUTH, LIPS, NECK, TORSO
 from talksplat.data.subject import SubjectData
-from talksplat.engine.conditioning import AudioExpressionConditioner
+from talksplat.engine.conditioning import SPEECH_CONDITIONS, AudioExpressionConditioner, SpeechCondition
 from talksplat.engine.config import RecipeConfig
 from talksplat.engine.contract import Batch, Conditions, Recipe, Stage, View
 from talksplat.engine.losses import ssim
@@ -43,10 +43,8 @@ from talksplat.features.expression import CORE_NAMES
 from talksplat.fields.hashgrid import HashGridConfig
 from talksplat.fields.motion import (
     DEFORM_OUTPUTS,
-    AudioEncoder,
     AudioEncoderConfig,
     Deformation,
-    LipStateEncoder,
     LipStateEncoderConfig,
     MotionField,
     MotionFieldConfig,
@@ -55,7 +53,7 @@ from talksplat.gaussians import rasterize
 from talksplat.gaussians.gaussian_set import DensifyConfig, GaussianSet
 from talksplat.gaussians.model import GaussianLearningRates
 
-AUDIO_CONDITIONS = ("lipstate", "learned")
+AUDIO_CONDITIONS = SPEECH_CONDITIONS
 SET_NAME = "portrait"
 # Eye features fed to the deformation: the eye-blink coefficients of the expression condition.
 EYE_FEATURES = ("eyeBlinkLeft", "eyeBlinkRight")
@@ -190,15 +188,8 @@ class UniGS(Recipe):
         mean, std = pose_statistics(data.w2c[torch.as_tensor(data.train_frames)])
         self.register_buffer("pose_mean", mean)
         self.register_buffer("pose_std", std)
-        self.lip_states: Tensor | None = None
-        self.lip_state_fit: dict = {}
-        if cfg.audio_condition == "lipstate":
-            self.audio, self.lip_states, self.lip_state_fit = fit_lip_state_encoder(
-                data, cfg.lip_state, cfg.lip_state_max_gain)
-        else:
-            self.audio = AudioEncoder(replace(cfg.audio, window=int(data.audio.shape[1]),
-                                              input_dim=int(data.audio.shape[2])))
-            self.audio.fit_normalisation(data.audio[torch.as_tensor(data.train_frames)])
+        self.audio = SpeechCondition(data, cfg.audio_condition, cfg.lip_state, cfg.audio, cfg.lip_state_noise,
+                                     cfg.lip_state_max_gain)
 
     # ---------------------------------------------------------------------------------- structure
     def stages(self) -> list[Stage]:
@@ -215,21 +206,15 @@ class UniGS(Recipe):
 
     # ---------------------------------------------------------------------------------- conditions
     def conditions(self, frame: int) -> Conditions:
-        """The avatar's own conditions for frame t: audio code from the recorded audio, its expression
-        (the eye features are read from it; the head pose comes from the view's camera)."""
-        return {"audio_code": self.audio(self.data.audio, frame), "expression": self.data.expressions[frame]}
+        """The avatar's own conditions for frame t: the audio code and the expression (the eye features
+        are read from it; the head pose comes from the view's camera)."""
+        return self.audio.conditions(frame)
 
     def training_conditions(self, frame: int, stage: Stage) -> Conditions:
-        """Lipstate: the tracked lip states (plus noise) teacher-force the audio code; learned: the audio."""
-        if self.lip_states is None:
-            return self.conditions(frame)
-        noisy = self.lip_states + self.cfg.lip_state_noise * torch.randn_like(self.lip_states)
-        return {"audio_code": self.audio.from_states(noisy, frame), "expression": self.data.expressions[frame]}
+        return self.audio.training_conditions(frame)
 
     def conditioner(self) -> AudioExpressionConditioner:
-        train = torch.as_tensor(self.data.train_frames)
-        neutral = self.data.expressions[train].median(dim=0).values
-        return AudioExpressionConditioner(self.audio, self.data.expressions, neutral, self.cfg.audio_feature)
+        return self.audio.conditioner(self.cfg.audio_feature)
 
     def pose_condition(self, w2c: Tensor) -> Tensor:
         """The head pose (R, t of the camera in the head frame), standardised over the training frames."""
@@ -288,8 +273,8 @@ class UniGS(Recipe):
 
     def summary_extras(self) -> dict:
         extras = {"patch_perceptual": "substitute for LPIPS: D-SSIM + image-gradient L1 on random patches"}
-        if self.lip_state_fit:
-            extras["lip_state_map"] = self.lip_state_fit
+        if self.audio.fit_summary:
+            extras["lip_state_map"] = self.audio.fit_summary
         return extras
 
 
@@ -353,23 +338,6 @@ def pose_statistics(w2c: Tensor) -> tuple[Tensor, Tensor]:
     poses = pose_vector(w2c.float())
     floor = torch.tensor([POSE_STD_FLOOR["rotation"]] * 9 + [POSE_STD_FLOOR["translation"]] * 3)
     return poses.mean(0), torch.maximum(poses.std(0), floor)
-
-
-def fit_lip_state_encoder(data: SubjectData, cfg: LipStateEncoderConfig, max_gain: float):
-    """The lip-state audio encoder with its ridge map fitted on the training frames (as the
-    TalkingGaussian recipe does): (encoder, tracked states (T, k), a summary of the fit)."""
-    from talksplat.features.lipstate import LipBasis, fit_audio_to_lips
-
-    train = data.train_frames
-    basis = LipBasis.fit(data.lip_shapes[train], cfg.lip_dims)
-    states = basis.coefficients(data.lip_shapes)
-    fit = fit_audio_to_lips(data.audio[torch.as_tensor(train)].numpy(), states[train], max_gain=max_gain)
-    encoder = LipStateEncoder(replace(cfg, input_dim=int(np.prod(data.audio.shape[1:]))))
-    encoder.set_map(fit.x_mean, fit.x_std, fit.weight, fit.bias)
-    summary = {"ridge": fit.ridge, "cv_correlation": [round(float(c), 3) for c in fit.cv_correlation],
-               "gain": [round(float(g), 3) for g in fit.gain],
-               "explained_variance": [round(float(e), 3) for e in basis.explained]}
-    return encoder, torch.from_numpy(states), summary
 
 
 # ------------------------------------------------------------------------------------ initialisation
