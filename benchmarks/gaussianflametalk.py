@@ -97,14 +97,19 @@ def main() -> None:
     result: dict = {"machine": machine_info(), "subject": str(args.subject),
                     "settings": {"gaussianflametalk": args.gft_set, "talkinggaussian": args.tg_set}}
     sets = {"gaussianflametalk": args.gft_set, "talkinggaussian": args.tg_set}
+    key = args.name or args.subject.name
     for name in RECIPE_NAMES:
         summary = _train(args.subject, name, sets[name], args.skip_train)
         result[name] = {"train_seconds": summary["train_seconds"], "iterations": summary["iterations"],
                         "gaussians": summary["gaussians"], "ms_per_iteration_median": summary["ms_per_iteration_median"],
                         "threads": summary["threads"], "self": _self_eval(args.subject, name), "driven": {}}
         print(json.dumps({name: result[name]}, indent=1), flush=True)
+        _save(result, key)
     result["flametalk_alone_held_out_mouth_vertex_rms_mm"] = _flametalk_alone(args.subject)
-    joint = {}
+    joint: dict = {}
+    result["stability_joint"] = {"label": "GaussianFlameTalk Sec. 3.3 stability of the nose track; components "
+                                          "normalised over the three videos together; higher = less stable",
+                                 "by_audio": joint}
     for audio in args.audio:
         tracks = {}
         for name in RECIPE_NAMES:
@@ -114,14 +119,17 @@ def main() -> None:
         scored = M.stability_scores(list(tracks.values()))
         joint[audio.name] = {k: s.score for k, s in zip(tracks, scored, strict=True)}
         print(json.dumps({audio.name: joint[audio.name]}), flush=True)
-    result["stability_joint"] = {"label": "GaussianFlameTalk Sec. 3.3 stability of the nose track; components "
-                                          "normalised over the three videos together; higher = less stable",
-                                 "by_audio": joint}
+        _save(result, key)
     print(json.dumps(result, indent=1))
-    all_results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    all_results[args.name or args.subject.name] = result
-    RESULTS.write_text(json.dumps(all_results, indent=1))
+    _save(result, key)
     print(f"wrote {RESULTS}")
+
+
+def _save(result: dict, key: str) -> None:
+    """Writes what is measured so far (a long run that dies keeps its finished parts)."""
+    all_results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    all_results[key] = result
+    RESULTS.write_text(json.dumps(all_results, indent=1))
 
 
 if __name__ == "__main__":

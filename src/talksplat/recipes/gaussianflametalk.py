@@ -13,8 +13,10 @@ Gaussian avatar (GaussianAvatars-style binding; our implementation of the idea, 
   local coordinates, otherwise the same binding). The engine's densification copies ``attrs`` to
   clones and split children, so children stay bound to their parent's triangle.
 - Each frame's mesh: the head model with the subject's fitted identity (fixed), the frame's fitted
-  expression (53 blendshapes) plus a learned per-frame offset, and the frame's fitted pose (model ->
-  camera) composed with a learned per-frame rotation, translation and scale. The offsets are network
+  expression (53 blendshapes) plus a learned per-frame offset, placed in the world by the fit's
+  ``world_from_model`` (the stabilised cameras then move, as for TalkingGaussian's head; or the face
+  model's own per-frame poses, ``pose_source = "fit"``) composed with a learned per-frame rotation,
+  translation and scale. The offsets are network
   parameters (groups ``mesh_expression`` and ``mesh_pose``), fine-tuned jointly with the Gaussians
   and kept small by two regularisers.
 - What the mesh does not cover: hair pixels off the mesh (beyond the scalp) are seeded as Gaussians
@@ -65,6 +67,7 @@ from talksplat.gaussians.model import GaussianLearningRates
 from talksplat.headmodel.model import HeadModel, gaze_angles, load_head_model, rotate_about
 
 SET_NAME = "avatar"
+POSE_SOURCES = ("camera", "fit")
 RIGID = -1                        # attrs["triangle"] of a Gaussian bound to the head frame, not a triangle
 MOUTH_INTERIOR_REGIONS = ("teeth", "gums_and_tongue", "mouth_socket")
 # FlameTalk predicts the blendshapes whose names start with these (ARKit jaw*/mouth*: 4 + 23).
@@ -139,6 +142,11 @@ class GaussianFlameTalkConfig(RecipeConfig):
     refine_every: int = 100
     binding_free_offset_mm: float = 5.0
     binding_free_scale_mm: float = 3.0
+    # Where each frame's head pose comes from. "camera": the mesh stays put in the world and the
+    # stabilised cameras move (as TalkingGaussian's head); "fit": the face model's own per-frame poses.
+    # German anchor, jitter (RMS second difference of the rotation increments): fit 0.73 deg, stabilised
+    # cameras 0.52 deg; the learned, smoothed per-frame corrections take up what the cameras miss.
+    pose_source: str = "camera"
     flametalk: FlameTalkConfig = field(default_factory=FlameTalkConfig)
 
     def validate(self) -> None:
@@ -147,6 +155,8 @@ class GaussianFlameTalkConfig(RecipeConfig):
             raise ValueError("stage iteration counts must be >= 0")
         if min(self.head_points, self.refine_every, self.max_gaussians) < 1 or self.mouth_points < 0:
             raise ValueError("head_points, refine_every and max_gaussians must be >= 1, mouth_points >= 0")
+        if self.pose_source not in POSE_SOURCES:
+            raise ValueError(f"pose_source must be one of {POSE_SOURCES} (got {self.pose_source!r})")
         ft = self.flametalk
         if min(ft.hidden, ft.heads, ft.layers, ft.feedforward, ft.context_frames, ft.period,
                ft.alignment_frames, ft.batch_windows) < 1:
@@ -245,10 +255,11 @@ class MeshTracks(nn.Module):
 
     Vertices of frame f for an expression e (53,): ``M(e) = neutral + identity + e @ basis`` (eyeballs
     turned for gaze), then the learned correction in the model frame (``scale * Rot(rotation) X +
-    translation``), the fitted pose (model -> camera) and the inverse of the subject's camera
-    ``w2c[f]`` (camera -> world, where the Gaussians are rasterized)."""
+    translation``), then model -> world (where the Gaussians are rasterized): ``world_from_model``
+    (``pose_source`` "camera") or the face model's pose of frame f followed by the inverse of the
+    subject's camera ``w2c[f]`` ("fit")."""
 
-    def __init__(self, data: SubjectData, model: HeadModel) -> None:
+    def __init__(self, data: SubjectData, model: HeadModel, pose_source: str = "camera") -> None:
         super().__init__()
         fit = _face_model_file(data)
         self.model = model
@@ -260,15 +271,10 @@ class MeshTracks(nn.Module):
         n = data.n_frames
         # The fit (from the subject, not saved with the weights): tracked expressions, poses.
         self.tracked = torch.as_tensor(data.channel("face_model/expression"), dtype=torch.float32)
-        rotation = torch.as_tensor(data.channel("face_model/rotation"), dtype=torch.float32)
-        translation = torch.as_tensor(data.channel("face_model/translation"), dtype=torch.float32)
-        camera_scale = float(fit["camera_scale"]) if "camera_scale" in fit else 1.0
-        # model -> world per frame: x_world = w2c^-1 (x_cam / camera_scale), x_cam = R x + t.
-        w2c = data.w2c.float()
-        r_w = w2c[:, :3, :3].transpose(1, 2)
-        self.pose_rotation = r_w @ rotation
-        self.pose_translation = torch.einsum("tij,tj->ti", r_w, translation / camera_scale - w2c[:, :3, 3])
-        self.pose_scale = 1.0 / camera_scale
+        if pose_source == "camera":
+            self.pose_rotation, self.pose_translation, self.pose_scale = _camera_poses(fit, n)
+        else:
+            self.pose_rotation, self.pose_translation, self.pose_scale = _fitted_poses(data, fit)
         self.expression_offset = nn.Parameter(torch.zeros(n, model.num_expressions))
         self.rotation_offset = nn.Parameter(torch.zeros(n, 3))       # axis-angle, rad
         self.translation_offset = nn.Parameter(torch.zeros(n, 3))    # mm / POSE_TRANSLATION_UNIT
@@ -314,6 +320,27 @@ POSE_REG_DEGREES = 180.0 / math.pi
 POSE_REG_LOG_SCALE = 100.0
 
 
+def _camera_poses(fit: dict[str, np.ndarray], n: int) -> tuple[Tensor, Tensor, float]:
+    """Model -> world of every frame from ``world_from_model``: the mesh stays put in the world and the
+    stabilised cameras move, as TalkingGaussian's head does."""
+    similarity = torch.as_tensor(fit["world_from_model"], dtype=torch.float32)
+    linear = similarity[:3, :3]
+    scale = float(torch.linalg.det(linear).abs() ** (1.0 / 3.0))
+    return (linear / scale).expand(n, 3, 3).clone(), similarity[:3, 3].expand(n, 3).clone(), scale
+
+
+def _fitted_poses(data: SubjectData, fit: dict[str, np.ndarray]) -> tuple[Tensor, Tensor, float]:
+    """Model -> world of every frame from the face model's own per-frame poses (model -> camera):
+    ``x_world = w2c^-1 (x_cam / camera_scale)``, ``x_cam = R x + t``."""
+    rotation = torch.as_tensor(data.channel("face_model/rotation"), dtype=torch.float32)
+    translation = torch.as_tensor(data.channel("face_model/translation"), dtype=torch.float32)
+    camera_scale = float(fit["camera_scale"]) if "camera_scale" in fit else 1.0
+    w2c = data.w2c.float()
+    r_w = w2c[:, :3, :3].transpose(1, 2)
+    return (r_w @ rotation, torch.einsum("tij,tj->ti", r_w, translation / camera_scale - w2c[:, :3, 3]),
+            1.0 / camera_scale)
+
+
 def _face_model_file(data: SubjectData) -> dict[str, np.ndarray]:
     """The subject's face_model.npz arrays (identity and camera scale are not per-frame channels)."""
     path = None if data.subject_dir is None else data.subject_dir / FACE_MODEL_FILE
@@ -321,8 +348,9 @@ def _face_model_file(data: SubjectData) -> dict[str, np.ndarray]:
         raise TalksplatError(f"subject {data.name} has no {FACE_MODEL_FILE}; run `talksplat prepare` "
                              "(its face-model step writes it)")
     with np.load(path, allow_pickle=False) as npz:
-        if "identity" not in npz.files:
-            raise TalksplatError(f"{path} has no identity; re-run `talksplat prepare` to refit the face model")
+        missing = [k for k in ("identity", "world_from_model") if k not in npz.files]
+        if missing:
+            raise TalksplatError(f"{path} has no {', '.join(missing)}; re-run `talksplat prepare` to refit the face model")
         return {k: npz[k] for k in npz.files}
 
 
@@ -460,7 +488,7 @@ class GaussianFlameTalk(Recipe):
     presets: ClassVar[dict[str, dict[str, object]]] = {
         "draft": {"size": 128, "iterations.avatar": 600, "iterations.flametalk": 600},
         "default": {},
-        "high": {"size": 512, "iterations.avatar": 10000, "iterations.flametalk": 4000, "max_gaussians": 60_000},
+        "high": {"size": 512, "iterations.avatar": 10000, "iterations.flametalk": 1500, "max_gaussians": 60_000},
     }
     test_overrides: ClassVar[dict[str, object]] = {
         "size": 64, "head_points": 600, "mouth_points": 60, "refine_every": 4,
@@ -471,7 +499,7 @@ class GaussianFlameTalk(Recipe):
     def __init__(self, data: SubjectData, cfg: GaussianFlameTalkConfig, rng: np.random.Generator) -> None:
         super().__init__(data, cfg, rng)
         self.model = load_head_model()
-        self.mesh = MeshTracks(data, self.model)
+        self.mesh = MeshTracks(data, self.model, cfg.pose_source)
         self.triangles = torch.from_numpy(self.model.triangles)
         _, _, rest_size = triangle_frames(self.mesh.identity_mesh[self.triangles])
         self.rest_size = rest_size.clamp_min(EPS)                        # derived from the model: not saved
