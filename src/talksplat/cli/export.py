@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from talksplat import errors
 from talksplat.errors import TalksplatError
+
+# Exit code 2 for a bad command line (errors.UsageError; plain TalksplatError where it does not exist yet).
+UsageError = getattr(errors, "UsageError", TalksplatError)
 
 
 def register(subparsers) -> None:
@@ -27,15 +31,15 @@ def run(args) -> int:
 
     out = Path(args.out)
     if out.suffix.lower() != ".ply":
-        raise TalksplatError(f"output must be a .ply file, got {out}")
+        raise UsageError(f"output must be a .ply file, got {out}")
     if not out.parent.is_dir():
-        raise TalksplatError(f"output folder {out.parent} does not exist; create it first")
+        raise UsageError(f"output folder {out.parent} does not exist; create it first")
     avatar = load_avatar(args.run)
     sets = avatar.canonical_gaussians()
     chosen = args.sets or list(sets)
     unknown = [name for name in chosen if name not in sets]
     if unknown:
-        raise TalksplatError(f"no Gaussian set {', '.join(unknown)}; this avatar has {', '.join(sets)}")
+        raise UsageError(f"no Gaussian set {', '.join(unknown)}; this avatar has {', '.join(sets)}")
     merged = {key: torch.cat([sets[name][key] for name in chosen]) for key in sets[chosen[0]]}
     count = write_ply(out, merged)
     counts = ", ".join(f"{name}: {len(sets[name]['means'])}" for name in chosen)

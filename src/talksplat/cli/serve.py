@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from talksplat import errors
 from talksplat.errors import TalksplatError
+
+# Exit code 2 for a bad command line (errors.UsageError; plain TalksplatError where it does not exist yet).
+UsageError = getattr(errors, "UsageError", TalksplatError)
 
 
 def register(subparsers) -> None:
@@ -35,9 +39,9 @@ def run(args) -> int:
     from talksplat.serve.media import is_loopback
 
     if args.max_sessions < 1:
-        raise TalksplatError(f"--max-sessions must be at least 1 (got {args.max_sessions})")
+        raise UsageError(f"--max-sessions must be at least 1 (got {args.max_sessions})")
     if not 0 < args.port < 65536:
-        raise TalksplatError(f"--port must be 1..65535 (got {args.port})")
+        raise UsageError(f"--port must be 1..65535 (got {args.port})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("aiortc", "aioice", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -175,8 +175,8 @@ class Session:
                 new = self.timeline.take_until(n * SAMPLES_PER_FRAME + self.latency_samples)
                 started = time.monotonic()
                 produced += await loop.run_in_executor(self.render_pool, _drain, self.stream.iter_push(new))
-                if any(image is not None for _, image in produced):
-                    self._note_turnaround(time.monotonic() - started)
+                # every job counts, skipped or not: the wait for the render thread is the same
+                self._note_turnaround(time.monotonic() - started)
                 for i, image in produced:
                     if image is None:
                         self.stats["frames_skipped"] += 1
