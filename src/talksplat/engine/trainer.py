@@ -104,10 +104,12 @@ class Engine:
         weights = recipe.loss_weights()
         loss = sum(weights[name] * value for name, value in terms.items())
         loss.backward()
-        changes: dict[str, int] = {}
+        changes: dict[str, dict[str, int]] = {}
         if stage.densify:
             for name, gaussians in recipe.sets.items():
-                changes.update(gaussians.step_post_backward(step, out["metas"][name], self.image_size))
+                changed = gaussians.step_post_backward(step, out["metas"][name], self.image_size)
+                if changed:
+                    changes[name] = changed
         self._step_optimizers(stage)
         stats = {"loss": loss.item(), "psnr": psnr(out["image"], batch.image), "stage": stage.name,
                  "gaussians": recipe.num_gaussians()}
