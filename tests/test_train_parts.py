@@ -83,7 +83,7 @@ def test_half_written_checkpoints_are_ignored(tmp_path):
 
 def test_mouth_box_loss_looks_only_around_the_mouth():
     from talksplat.core.labels import INSIDE_MOUTH, LIPS
-    from talksplat.recipes.talkinggaussian import _mouth_box_l1
+    from talksplat.engine.losses import mouth_box_l1 as _mouth_box_l1
 
     labels = torch.zeros(64, 64, dtype=torch.uint8)
     labels[40:44, 28:36] = LIPS

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from talksplat.core.labels import HEAD_LABELS, INSIDE_MOUTH, LIPS
+from talksplat.core.labels import HEAD_LABELS, INSIDE_MOUTH
 from talksplat.data.samplers import IncrementalSamplingConfig, make_sampler
 from talksplat.data.subject import SubjectData
 from talksplat.engine.conditioning import SPEECH_CONDITIONS, AudioExpressionConditioner, SpeechCondition
 from talksplat.engine.config import RecipeConfig
 from talksplat.engine.contract import Batch, Conditions, Recipe, Stage, View
-from talksplat.engine.losses import ssim
+from talksplat.engine.losses import mouth_box_l1, ssim
 from talksplat.fields.hashgrid import HashGridConfig
 from talksplat.fields.motion import (
     AudioEncoderConfig,
@@ -223,7 +223,7 @@ class TalkingGaussian(Recipe):
         image, target = outputs["image"], batch.image
         terms = {"l1": (image - target).abs().mean(), "dssim": 1 - ssim(image, target)}
         if stage.deform and self.cfg.losses.mouth_box > 0:
-            terms["mouth_box"] = _mouth_box_l1(image, target, self.data.labels(batch.frame))
+            terms["mouth_box"] = mouth_box_l1(image, target, self.data.labels(batch.frame))
         return terms
 
     def summary_extras(self) -> dict:
@@ -232,19 +232,6 @@ class TalkingGaussian(Recipe):
 
 def _motion_field(cfg: MotionFieldConfig, points: Tensor) -> MotionField:
     return MotionField(cfg, points.min(0).values, points.max(0).values)
-
-
-MOUTH_BOX_PADDING_PX = 6
-
-
-def _mouth_box_l1(image: Tensor, target: Tensor, labels: Tensor) -> Tensor:
-    ys, xs = torch.nonzero((labels == LIPS) | (labels == INSIDE_MOUTH), as_tuple=True)
-    if ys.numel() == 0:
-        return image.new_zeros(())
-    pad, size = MOUTH_BOX_PADDING_PX, labels.shape[0]
-    y0, y1 = max(int(ys.min()) - pad, 0), min(int(ys.max()) + pad + 1, size)
-    x0, x1 = max(int(xs.min()) - pad, 0), min(int(xs.max()) + pad + 1, size)
-    return (image[y0:y1, x0:x1] - target[y0:y1, x0:x1]).abs().mean()
 
 
 # ------------------------------------------------------------------------------------ initialisation
