@@ -85,8 +85,9 @@ def _cli(*args) -> subprocess.CompletedProcess:
                           check=False)
 
 
-def _one_line_error(result, fragment: str) -> None:
-    assert result.returncode == 2, result.stderr[-500:]
+def _one_line_error(result, fragment: str, code: int = 2) -> None:
+    """One line on stderr holding ``fragment``; exit code 2 for a usage error, 1 for a runtime failure."""
+    assert result.returncode == code, result.stderr[-500:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], result.stderr[-500:]
 
@@ -130,8 +131,9 @@ def test_a_subject_reprepared_from_another_video_is_refused(own_subject, tmp_pat
 
     t = np.arange(16_000) / 16_000
     save_wav(speech, (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32))
-    _one_line_error(_cli("render", str(copy), "--audio", str(speech), "-o", str(tmp_path / "o.mp4")), "another video")
-    _one_line_error(_cli("train", str(copy), "--quiet"), "another video")
+    _one_line_error(_cli("render", str(copy), "--audio", str(speech), "-o", str(tmp_path / "o.mp4")), "another video",
+                    code=1)
+    _one_line_error(_cli("train", str(copy), "--quiet"), "another video", code=1)
     assert not (tmp_path / "o.mp4").exists()
 
 

@@ -134,11 +134,11 @@ def test_audio_step_shifts_exactly_as_offset_estimation_defines(tmp_path, monkey
 
 
 # ---------------------------------------------------------------------------------------------
-# Bad input: one line on stderr, exit code 2, no traceback.
-def _error(capsys, *argv) -> str:
-    code = main(["prepare", *map(str, argv), "--quiet"])
+# Bad input: one line on stderr, no traceback; exit code 2 for a usage error, 1 for a runtime failure.
+def _error(capsys, *argv, code: int = 2) -> str:
+    returned = main(["prepare", *map(str, argv), "--quiet"])
     err = capsys.readouterr().err.strip()
-    assert code == 2, err
+    assert returned == code, err
     assert "Traceback" not in err and len(err.splitlines()) == 1
     return err
 
@@ -166,7 +166,7 @@ def test_no_video_stream(synth, tmp_path, capsys):
 def test_no_audio_stream_and_no_face(tmp_path, capsys):
     silent = _write_video(tmp_path / "silent.mp4", 5.5, audio=False)
     assert "--no-audio" in _error(capsys, silent, "-o", tmp_path / "o")
-    assert "no face found" in _error(capsys, silent, "-o", tmp_path / "o", "--no-audio")
+    assert "no face found" in _error(capsys, silent, "-o", tmp_path / "o", "--no-audio", code=1)
 
 
 def test_too_short(tmp_path, capsys):
@@ -199,7 +199,7 @@ def test_unwritable_output_folder(synth, tmp_path, capsys, monkeypatch):
 
     # Simulated: the tests may run as root, for whom a read-only mode bit does not stop writes.
     monkeypatch.setattr(guards.tempfile, "TemporaryFile", refuse)
-    err = _error(capsys, synth.video, "-o", tmp_path / "ro")
+    err = _error(capsys, synth.video, "-o", tmp_path / "ro", code=1)
     assert err.endswith(f"cannot write to the subject folder {tmp_path / 'ro'} (Permission denied); "
                         "choose a folder you can write to")
     blocker = tmp_path / "file"
@@ -214,7 +214,7 @@ def test_read_only_output_folder(synth, tmp_path, capsys):
         pytest.skip("root writes into read-only folders")
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o500)
-    assert "cannot write to the subject folder" in _error(capsys, synth.video, "-o", ro)
+    assert "cannot write to the subject folder" in _error(capsys, synth.video, "-o", ro, code=1)
 
 
 def test_other_video_into_a_trained_subject_is_refused(synth, tmp_path, capsys):

@@ -40,8 +40,9 @@ def _cli(*args: str, env=None) -> subprocess.CompletedProcess:
                           check=False, env=env)
 
 
-def _one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
-    assert result.returncode == 2, result.stderr[-600:]
+def _one_line_error(result: subprocess.CompletedProcess, fragment: str, code: int = 2) -> None:
+    """One line on stderr holding ``fragment``; exit code 2 for a usage error, 1 for a runtime failure."""
+    assert result.returncode == code, result.stderr[-600:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-600:]
     assert fragment in lines[0], lines[0]
@@ -117,7 +118,7 @@ def test_other_recipes_checkpoint_and_incompatible_config_give_one_line_errors(t
     meta_path.write_text(json.dumps(meta))
     _one_line_error(_cli("train", subject, "--recipe", name, "-o", str(other)), "some-other-recipe")
     _one_line_error(_cli("render", subject, "--run", str(other), "--audio", str(_speech(tmp_path)),
-                         "-o", str(tmp_path / "x.mp4")), "some-other-recipe")
+                         "-o", str(tmp_path / "x.mp4")), "some-other-recipe", code=1)   # a recipe this talksplat lacks
 
     # A config whose networks have another shape than the saved weights.
     meta["recipe"] = name
@@ -128,7 +129,7 @@ def test_other_recipes_checkpoint_and_incompatible_config_give_one_line_errors(t
     node[hints[-1]] = node[hints[-1]] * 2
     meta_path.write_text(json.dumps(meta))          # the tensors are untouched: their digest still matches
     _one_line_error(_cli("render", subject, "--run", str(other), "--audio", str(_speech(tmp_path)),
-                         "-o", str(tmp_path / "x.mp4")), "does not fit")
+                         "-o", str(tmp_path / "x.mp4")), "does not fit", code=1)
     assert not (tmp_path / "x.mp4").exists()
 
     # Resuming with settings other than the run's is refused, naming the difference.

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from talksplat.errors import TalksplatError
+from talksplat.errors import UsageError
 
 
 @dataclass
@@ -107,7 +107,7 @@ def _unseen_clip(clips: list[dict], ground_truth: Path) -> dict:
     for clip in clips:
         if clip["file"] not in used:
             return clip
-    raise TalksplatError("every bundled clip drives the synthetic subject; use a shorter --seconds")
+    raise UsageError("every bundled clip drives the synthetic subject; use a shorter --seconds")
 
 
 @torch.no_grad()

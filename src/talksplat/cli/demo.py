@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 
 
 def register(subparsers) -> None:
@@ -34,7 +34,7 @@ def _make_output(folder: Path) -> None:
 
 def run(args) -> int:
     if args.iterations < 1:
-        raise TalksplatError("--iterations must be at least 1")
+        raise UsageError("--iterations must be at least 1")
     _make_output(args.output)
     return run_engine_demo(args) if args.engine_only else run_full_demo(args)
 

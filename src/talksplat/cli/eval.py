@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from talksplat.errors import TalksplatError
+from talksplat.errors import UsageError
 
 
 def register(subparsers) -> None:
@@ -32,9 +32,11 @@ def run(args) -> int:
     from talksplat.eval import EvalConfig, default_out_dir, evaluate_subject
 
     if not args.subject.is_dir():
-        raise TalksplatError(f"subject folder {args.subject} does not exist; run `talksplat prepare` first")
+        raise UsageError(f"subject folder {args.subject} does not exist; run `talksplat prepare` first")
+    if args.audio is not None and args.audio.is_dir():
+        raise UsageError(f"--audio {args.audio} is a folder; give an audio file")
     if args.audio is not None and not args.audio.is_file():
-        raise TalksplatError(f"audio file {args.audio} does not exist")
+        raise UsageError(f"audio file {args.audio} does not exist")
     config = EvalConfig(landmark_size=args.landmark_size, max_frames=args.max_frames,
                         reference_max_seconds=args.reference_seconds, lpips_weights=args.lpips_weights,
                         pose=args.pose, progress=not args.quiet)

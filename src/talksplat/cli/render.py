@@ -6,7 +6,7 @@ import contextlib
 import signal
 from pathlib import Path
 
-from talksplat.errors import TalksplatError
+from talksplat.errors import UsageError
 
 
 def register(subparsers) -> None:
@@ -53,7 +53,7 @@ def _options(args):
 
     pose = args.pose or ("range" if args.pose_range is not None else "loop")
     if pose == "loop" and args.pose_range is not None:
-        raise TalksplatError("--pose loop uses the training frames; to loop over --pose-range use --pose range")
+        raise UsageError("--pose loop uses the training frames; to loop over --pose-range use --pose range")
     return RenderOptions(pose=pose, expression=args.expression, full_frame=args.full_frame,
                          pose_range=args.pose_range)
 
@@ -80,9 +80,9 @@ def run(args) -> int:
 
     options = _options(args)
     if args.audio.is_dir():
-        raise TalksplatError(f"--audio {args.audio} is a folder; give an audio file")
+        raise UsageError(f"--audio {args.audio} is a folder; give an audio file")
     if not args.audio.is_file():
-        raise TalksplatError(f"audio file {args.audio} does not exist")
+        raise UsageError(f"audio file {args.audio} does not exist")
     check_output_path(args.out)
     samples = load_driving_audio(args.audio)      # bad audio fails in a second, before the model loads
     with _sigterm_unwinds():

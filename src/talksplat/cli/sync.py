@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from talksplat.errors import TalksplatError
+from talksplat.errors import UsageError
 from talksplat.io.paths import require_file
 
 
@@ -40,7 +40,7 @@ def _load_clips(args: argparse.Namespace) -> list[tuple[str, object, object]]:
     from talksplat.features.sync_model import lip_points, prepared_lips_audio, track_video_lips
 
     if len(args.landmarks) != len(args.audio):
-        raise TalksplatError("give one --audio for each --landmarks")
+        raise UsageError("give one --audio for each --landmarks")
     inputs = []
     for video in args.video:
         require_file(video, "video", "--video ")
@@ -50,7 +50,7 @@ def _load_clips(args: argparse.Namespace) -> list[tuple[str, object, object]]:
     for landmarks, audio in zip(args.landmarks, args.audio, strict=True):
         inputs.append((landmarks.stem, lip_points(_load_npy(landmarks)), load_audio_16k(audio)))
     if not inputs:
-        raise TalksplatError("nothing to train on: give --video, --subject or --landmarks/--audio")
+        raise UsageError("nothing to train on: give --video, --subject or --landmarks/--audio")
     return inputs
 
 
@@ -61,7 +61,7 @@ def _load_npy(path: Path):
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as exc:
-        raise TalksplatError(f"{path} is not a numpy array file ({exc})") from exc
+        raise UsageError(f"{path} is not a numpy array file ({exc})") from exc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     if args.minutes <= 0 or args.steps <= 0 or args.threads <= 0:
-        raise TalksplatError("--minutes, --steps and --threads must be positive")
+        raise UsageError("--minutes, --steps and --threads must be positive")
     clips = []
     for name, lips, audio in _load_clips(args):
         if not args.no_offset_correction:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from talksplat.errors import TalksplatError
+from talksplat.errors import UsageError
 from talksplat.io.paths import require_file
 
 
@@ -39,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
     if args.audio is not None:
         require_file(args.audio, "audio", "--audio ")
     if args.seed < 0:
-        raise TalksplatError("--seed must be >= 0")
+        raise UsageError("--seed must be >= 0")
     if not 0 <= args.crf <= 51:
-        raise TalksplatError("--crf must be between 0 and 51")
+        raise UsageError("--crf must be between 0 and 51")
     seconds = args.seconds
     if seconds is None and args.audio is None:
         seconds = 20.0
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tiny:
         cfg = cfg.replace(size=128, seconds=3.2 if args.seconds is None else args.seconds)
     if args.out_dir.exists() and not args.out_dir.is_dir():
-        raise TalksplatError(f"{args.out_dir} exists and is not a folder")
+        raise UsageError(f"{args.out_dir} exists and is not a folder")
     result = generate(cfg, args.out_dir, progress=not args.quiet)
     print(f"synth: {result.num_frames} frames, {result.duration:.2f} s at {cfg.fps} fps, "
           f"{cfg.size}x{cfg.size}, seed {cfg.seed}, in {result.seconds_taken:.1f} s")

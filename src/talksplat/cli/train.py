@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from talksplat.errors import TalksplatError
+from talksplat.errors import UsageError
 
 QUALITIES = ("draft", "default", "high")
 DEFAULT_RECIPE = "talkinggaussian"
@@ -79,7 +79,7 @@ def requested_overrides(args, recipe_cls) -> dict[str, object]:
     for item in args.settings:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise TalksplatError(f"--set expects KEY=VALUE (got {item!r})")
+            raise UsageError(f"--set expects KEY=VALUE (got {item!r})")
         overrides[key.strip()] = value.strip()
     return overrides
 
@@ -92,10 +92,10 @@ def _shortcuts(args, recipe_cls) -> dict[str, object]:
     if args.iters is not None:
         stage_names = list(recipe_cls.Config().iterations.__dataclass_fields__)
         if len(args.iters) != len(stage_names):
-            raise TalksplatError(f"--iters needs {len(stage_names)} numbers for {recipe_cls.name} "
+            raise UsageError(f"--iters needs {len(stage_names)} numbers for {recipe_cls.name} "
                                  f"({' '.join(n.upper() for n in stage_names)}), got {len(args.iters)}")
         if any(n < 0 for n in args.iters):
-            raise TalksplatError("--iters must be >= 0")
+            raise UsageError("--iters must be >= 0")
         out.update({f"iterations.{name}": n for name, n in zip(stage_names, args.iters, strict=True)})
     return out
 
@@ -111,7 +111,7 @@ def build_config(args, recipe_cls):
     try:
         cfg.validate()
     except ValueError as exc:
-        raise TalksplatError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
     return cfg
 
 
@@ -121,12 +121,12 @@ def run(args) -> int:
 
     recipe_cls = recipe_class(args.recipe)
     if not args.subject.is_dir():
-        raise TalksplatError(f"subject folder {args.subject} does not exist; run `talksplat prepare` first")
+        raise UsageError(f"subject folder {args.subject} does not exist; run `talksplat prepare` first")
     if not (args.subject / "subject.json").is_file():
-        raise TalksplatError(f"{args.subject} is not a prepared subject (no subject.json); "
+        raise UsageError(f"{args.subject} is not a prepared subject (no subject.json); "
                              f"run `talksplat prepare VIDEO -o {args.subject}` first")
     if args.eval_frames < 0 or args.checkpoint_every < 0:
-        raise TalksplatError("--eval-frames and --checkpoint-every must be >= 0")
+        raise UsageError("--eval-frames and --checkpoint-every must be >= 0")
     cfg = build_config(args, recipe_cls)
     trainer_cfg = TrainerConfig(checkpoint_every_s=args.checkpoint_every, eval_frames=args.eval_frames,
                                 quiet=args.quiet)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from talksplat.data.subject import SubjectData, load_subject_data
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 
 
 @dataclass
@@ -35,10 +35,10 @@ class SubjectCollection:
     def load(cls, parent: Path, size: int, audio_feature: str = "mel") -> SubjectCollection:
         parent = Path(parent)
         if not parent.is_dir():
-            raise TalksplatError(f"{parent} is not a folder of prepared subjects")
+            raise UsageError(f"{parent} is not a folder of prepared subjects")
         folders = sorted(p for p in parent.iterdir() if (p / "subject.json").is_file())
         if not folders:
-            raise TalksplatError(f"{parent} holds no prepared subjects (folders with subject.json); "
+            raise UsageError(f"{parent} holds no prepared subjects (folders with subject.json); "
                                  "run `talksplat prepare VIDEO -o PARENT/NAME` for each person")
         return cls([load_subject_data(p, size, audio_feature) for p in folders])
 

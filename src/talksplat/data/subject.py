@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from talksplat.core.labels import BACKDROP_FROM_FRAME, HEAD_LABELS
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 
 FACE_MODEL_FILE = "face_model.npz"
 # Which command makes a channel that a subject may lack.
@@ -132,7 +132,7 @@ def _subject_meta(subject_dir: Path) -> dict:
 
     path = subject_dir / SUBJECT_JSON
     if not path.is_file():
-        raise TalksplatError(f"{subject_dir} is not a prepared subject (no {SUBJECT_JSON}); "
+        raise UsageError(f"{subject_dir} is not a prepared subject (no {SUBJECT_JSON}); "
                              f"run `talksplat prepare VIDEO -o {subject_dir}` first")
     try:
         meta = json.loads(path.read_text())

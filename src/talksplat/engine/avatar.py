@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from talksplat.data.subject import SubjectData
-from talksplat.engine.checkpoint import load_latest_valid, newest_readable_meta
+from talksplat.engine.checkpoint import latest_checkpoint, load_latest_valid, newest_readable_meta
 from talksplat.engine.contract import Conditioner, Conditions, Recipe, View
 from talksplat.engine.runs import check_fingerprint, resolve_run
 from talksplat.engine.trainer import Engine, build_recipe, restore
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 
 
 @dataclass
@@ -103,11 +103,14 @@ def load_avatar(path: Path, recipes: Mapping[str, type[Recipe]], recipe: str | N
     (weights only: the optimizer moments stay on disk)."""
     subject_dir, run_dir = resolve_run(Path(path), recipe, run)
     meta = newest_readable_meta(run_dir / "checkpoints")
+    if meta is None and latest_checkpoint(run_dir / "checkpoints") is not None:
+        # Checkpoints exist but no meta.json reads: raise the damage (one line), not "no trained model".
+        load_latest_valid(run_dir / "checkpoints", recipe=recipe, config_type=None, warn=lambda message: None)
     if meta is None:
-        raise TalksplatError(f"no trained model in {run_dir}; run `talksplat train {subject_dir}` first")
+        raise UsageError(f"no trained model in {run_dir}; run `talksplat train {subject_dir}` first")
     name = meta["recipe"]
     if recipe is not None and name != recipe:
-        raise TalksplatError(f"run {run_dir} was trained with recipe {name!r}, not {recipe!r}; pass --recipe {name}")
+        raise UsageError(f"run {run_dir} was trained with recipe {name!r}, not {recipe!r}; pass --recipe {name}")
     if name not in recipes:
         raise TalksplatError(f"run {run_dir} was trained with recipe {name!r}, which this talksplat does not have "
                              f"({', '.join(sorted(recipes))}); use the talksplat version that trained it")

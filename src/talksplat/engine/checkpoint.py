@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from talksplat.engine.config import config_from_dict
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 
 # 2: the engine's layout (Gaussian sets, named optimizers), the subject fingerprint and a tensors digest.
 FORMAT_VERSION = 2
@@ -108,9 +108,13 @@ def load_checkpoint(path: Path, *, recipe: str | None, config_type) -> tuple[dic
 
     meta = read_meta(path)
     if recipe is not None and meta["recipe"] != recipe:
-        raise TalksplatError(f"checkpoint {path} was trained with recipe {meta['recipe']!r}, "
+        raise UsageError(f"checkpoint {path} was trained with recipe {meta['recipe']!r}, "
                              f"not {recipe!r}; pass --recipe {meta['recipe']} (or another run folder)")
-    config = config_from_dict(config_type, meta["config"])
+    try:
+        config = config_from_dict(config_type, meta["config"])
+    except TalksplatError as exc:
+        # Named as the checkpoint's damage (an older checkpoint may load), not as a bare setting error.
+        raise DamagedCheckpoint(f"{path / META_FILE}: config {exc}; the checkpoint is damaged") from exc
     if _sha256(path / TENSORS_FILE) != meta["tensors_sha256"]:
         raise DamagedCheckpoint(f"checkpoint {path} is damaged (its tensors do not match the digest recorded "
                              "when it was written)")
@@ -131,15 +135,18 @@ def load_latest_valid(folder: Path, *, recipe: str | None, config_type, warn=Non
     import warnings
 
     found = list_checkpoints(folder)
-    first_error = None
+    skipped: list[DamagedCheckpoint] = []
     for path in reversed(found):
         try:
             tensors, config, meta = load_checkpoint(path, recipe=recipe, config_type=config_type)
         except DamagedCheckpoint as exc:
-            first_error = first_error or exc
-            (warn or warnings.warn)(f"{exc}; trying the previous checkpoint")
+            skipped.append(exc)
             continue
+        # Warned only once an older checkpoint is used: when none loads, the error alone is the one line.
+        for exc in skipped:
+            (warn or warnings.warn)(f"{exc}; using the previous checkpoint ({path.name})")
         return path, tensors, config, meta
+    first_error = skipped[0] if skipped else None
     if first_error is not None:
         raise DamagedCheckpoint(f"{first_error}, and no older checkpoint in {folder} loads; start over with "
                                 "--restart") from first_error

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from talksplat.engine.contract import Conditioner, Conditions
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 from talksplat.features.lipstate import LipBasis, fit_audio_to_lips
 from talksplat.fields.motion import (
     AudioEncoder,
@@ -48,7 +48,7 @@ class AudioExpressionConditioner(Conditioner):
     @torch.no_grad()
     def conditions(self, windows: Tensor, index: int, source_frame: int, expression: str) -> Conditions:
         if expression not in self.expression_modes:
-            raise TalksplatError(f"expression must be one of {', '.join(self.expression_modes)} (got {expression!r})")
+            raise UsageError(f"expression must be one of {', '.join(self.expression_modes)} (got {expression!r})")
         code = self.audio_encoder(windows, index)
         expr = self.expressions[source_frame] if expression == "video" else self.neutral
         return {"audio_code": code, "expression": expr}

@@ -16,7 +16,7 @@ import types
 import typing
 from pathlib import Path
 
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 
 
 @dataclasses.dataclass
@@ -144,7 +144,7 @@ def parse_text_value(hint, text: str, key: str):
             return True
         if lowered in ("false", "0", "no", "off"):
             return False
-        raise TalksplatError(f"--set {key}: expected true or false (got {text!r})")
+        raise UsageError(f"--set {key}: expected true or false (got {text!r})")
     try:
         value = json.loads(text)
     except ValueError:
@@ -162,8 +162,12 @@ def apply_overrides(cfg, overrides: dict[str, object]):
             close = difflib.get_close_matches(key, list(hints), n=3, cutoff=0.6) or \
                 [k for k in hints if key.split(".")[-1] in k][:3]
             hint_text = f"; did you mean {', '.join(close)}?" if close else "; `talksplat recipes NAME` lists them"
-            raise TalksplatError(f"unknown setting {key!r}{hint_text}")
-        typed = parse_text_value(hints[key], value, key) if isinstance(value, str) else _check_value(hints[key], value, key)
+            raise UsageError(f"unknown setting {key!r}{hint_text}")
+        try:
+            typed = parse_text_value(hints[key], value, key) if isinstance(value, str) else _check_value(hints[key], value, key)
+        except TalksplatError as exc:
+            # _check_value's errors are runtime failures when a checkpoint is read; here the user typed the value.
+            raise UsageError(str(exc)) from exc
         node = values
         *parents, leaf = key.split(".")
         for part in parents:
@@ -176,15 +180,15 @@ def overrides_from_file(path: Path) -> dict[str, object]:
     """Dotted-name settings from a JSON or TOML file with the config's nesting."""
     path = Path(path)
     if not path.is_file():
-        raise TalksplatError(f"config file {path} does not exist")
+        raise UsageError(f"config file {path} does not exist")
     try:
         text = path.read_text()
         tree = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (OSError, ValueError, tomllib.TOMLDecodeError) as exc:
-        raise TalksplatError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'} "
-                             f"({exc})") from exc
+        raise UsageError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'} "
+                         f"({exc})") from exc
     if not isinstance(tree, dict):
-        raise TalksplatError(f"config file {path} must hold an object of settings")
+        raise UsageError(f"config file {path} must hold an object of settings")
     return _flatten_tree(tree)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from talksplat.data.subject import subject_fingerprint
 from talksplat.engine.checkpoint import latest_checkpoint, newest_readable_meta
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 
 RUNS_DIR = "runs"
 
@@ -32,7 +32,7 @@ def subject_of_run(run: Path, meta: dict) -> Path:
     recorded = (meta.get("subject") or {}).get("path")
     if recorded and (Path(recorded) / "subject.json").is_file():
         return Path(recorded)
-    raise TalksplatError(f"cannot tell which subject run {run} was trained on; pass the subject folder "
+    raise UsageError(f"cannot tell which subject run {run} was trained on; pass the subject folder "
                          "and --run RUN")
 
 
@@ -41,25 +41,25 @@ def resolve_run(path: Path, recipe: str | None = None, run: Path | None = None) 
     ``recipe``), a subject plus ``run``, or a run folder."""
     path = Path(path)
     if not path.exists():
-        raise TalksplatError(f"{path} does not exist; give a prepared subject folder or a run folder")
+        raise UsageError(f"{path} does not exist; give a prepared subject folder or a run folder")
     if not path.is_dir():
-        raise TalksplatError(f"{path} is a file; give a prepared subject folder or a run folder")
+        raise UsageError(f"{path} is a file; give a prepared subject folder or a run folder")
     if run is not None:
         return path, Path(run)
     if is_run(path) and not (path / "subject.json").is_file():
         meta = newest_readable_meta(path / "checkpoints") or {}
         return subject_of_run(path, meta), path
     if not (path / "subject.json").is_file():
-        raise TalksplatError(f"{path} is not a prepared subject (no subject.json) nor a run; run "
+        raise UsageError(f"{path} is not a prepared subject (no subject.json) nor a run; run "
                              f"`talksplat prepare VIDEO -o {path}` and `talksplat train {path}` first")
     if recipe is not None:
         return path, default_run_dir(path, recipe)
     runs = sorted(p for p in (path / RUNS_DIR).glob("*") if latest_checkpoint(p / "checkpoints"))
     if not runs:
-        raise TalksplatError(f"no trained model in {path / RUNS_DIR}; run `talksplat train {path}` first")
+        raise UsageError(f"no trained model in {path / RUNS_DIR}; run `talksplat train {path}` first")
     if len(runs) > 1:
         names = ", ".join(p.name for p in runs)
-        raise TalksplatError(f"{path} has several trained runs ({names}); choose one with --recipe NAME or --run DIR")
+        raise UsageError(f"{path} has several trained runs ({names}); choose one with --recipe NAME or --run DIR")
     return path, runs[0]
 
 

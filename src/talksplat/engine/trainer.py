@@ -20,6 +20,7 @@ from another video is refused too.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -37,7 +38,8 @@ from talksplat.engine.contract import Batch, Recipe, Stage, View
 from talksplat.engine.evaluate import evaluate_held_out, to_uint8
 from talksplat.engine.losses import psnr
 from talksplat.engine.runs import check_fingerprint, default_run_dir
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
+from talksplat.io.paths import require_writable_folder
 
 
 @dataclass
@@ -193,7 +195,7 @@ def build_recipe(recipe_cls: type[Recipe], subject_dir: Path, cfg) -> Recipe:
     try:
         cfg.validate()
     except ValueError as exc:
-        raise TalksplatError(f"invalid {recipe_cls.name} settings: {exc}") from exc
+        raise UsageError(f"invalid {recipe_cls.name} settings: {exc}") from exc
     data = load_subject_data(Path(subject_dir), cfg.size, cfg.audio_feature)
     data.require(recipe_cls.required_channels)
     torch.manual_seed(cfg.seed)
@@ -223,7 +225,11 @@ def train(subject_dir: Path, recipe_cls: type[Recipe], recipe_cfg=None, trainer_
     trainer_cfg = trainer_cfg or TrainerConfig()
     subject_dir = Path(subject_dir)
     out_dir = Path(out_dir) if out_dir else default_run_dir(subject_dir, recipe_cls.name)
+    # What the arguments alone decide is refused before a checkpoint or the subject is loaded (a real
+    # subject takes ~15 s) and before --restart deletes anything.
     _check_run_folder(out_dir)
+    if recipe_cfg is not None:
+        _check_settings(recipe_cls, recipe_cfg)
     if restart:
         _clear_run(out_dir)
     found = load_latest_valid(out_dir / "checkpoints", recipe=recipe_cls.name, config_type=recipe_cls.Config)
@@ -232,16 +238,17 @@ def train(subject_dir: Path, recipe_cls: type[Recipe], recipe_cfg=None, trainer_
         latest, state, saved_cfg, meta = found
         check_fingerprint(meta.get("subject") or {}, subject_dir, f"`talksplat train {subject_dir} --restart`")
         if recipe_cfg is not None and recipe_cfg != saved_cfg:
-            raise TalksplatError(_differs_message(out_dir, saved_cfg, recipe_cfg))
+            raise UsageError(_differs_message(out_dir, saved_cfg, recipe_cfg))
         recipe_cfg = saved_cfg
         start = meta["step"] + 1
         elapsed_before = float(meta["progress"].get("train_seconds", 0.0))
         stage_scores = dict(meta["progress"].get("stage_scores", {}))
     recipe_cfg = recipe_cfg if recipe_cfg is not None else recipe_cls.Config()
+    _check_settings(recipe_cls, recipe_cfg)
     recipe = build_recipe(recipe_cls, subject_dir, recipe_cfg)
     engine = Engine(recipe)
-    if engine.total <= 0:
-        raise TalksplatError("every stage has 0 iterations: nothing to train; give at least one iteration")
+    if engine.total <= 0:   # a recipe whose stages do not mirror cfg.iterations
+        raise UsageError(NOTHING_TO_TRAIN)
     if state is not None:
         restore(engine, state, latest, f"start over with `talksplat train {subject_dir} --restart`")
         if not trainer_cfg.quiet:
@@ -258,9 +265,23 @@ def train(subject_dir: Path, recipe_cls: type[Recipe], recipe_cfg=None, trainer_
     return loop.write_summary()
 
 
+NOTHING_TO_TRAIN = "every stage has 0 iterations: nothing to train; give at least one iteration"
+
+
+def _check_settings(recipe_cls: type[Recipe], cfg) -> None:
+    """Refuses invalid settings and a run with no iterations. The stages' iteration counts are the
+    fields of ``cfg.iterations`` by convention, so this needs no subject loaded."""
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise UsageError(f"invalid {recipe_cls.name} settings: {exc}") from exc
+    iterations = getattr(cfg, "iterations", None)
+    if dataclasses.is_dataclass(iterations) and sum(dataclasses.astuple(iterations)) <= 0:
+        raise UsageError(NOTHING_TO_TRAIN)
+
+
 def _check_run_folder(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise TalksplatError(f"run folder {out_dir} is a file; choose a folder with -o")
+    require_writable_folder(out_dir, "run folder", "choose another with -o")
 
 
 def _clear_run(out_dir: Path) -> None:

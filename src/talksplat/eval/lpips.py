@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from talksplat.errors import TalksplatError
+from talksplat.errors import UsageError
 
 ALEX_CHANNELS = (64, 192, 384, 256, 256)
 ALEX_CONV_INDICES = (0, 3, 6, 8, 10)            # conv layers inside torchvision's alexnet.features
@@ -125,7 +125,7 @@ def load_lpips(folder: Path) -> AlexLPIPS:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise TalksplatError(f"LPIPS weights folder {folder} does not exist")
+        raise UsageError(f"LPIPS weights folder {folder} does not exist")
     backbone, linear = None, None
     for path in sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES):
         state = _read_tensors(path)
@@ -134,20 +134,20 @@ def load_lpips(folder: Path) -> AlexLPIPS:
         backbone = backbone or _backbone(state)
         linear = linear or _linear(state)
     if backbone is None:
-        raise TalksplatError(f"no AlexNet backbone in {folder}: put torchvision's AlexNet state dict there "
+        raise UsageError(f"no AlexNet backbone in {folder}: put torchvision's AlexNet state dict there "
                              "(features.0.weight of shape (64, 3, 11, 11), e.g. alexnet-owt-7be5be79.pth)")
     if linear is None:
-        raise TalksplatError(f"no LPIPS linear layers in {folder}: put the LPIPS v0.1 alex.pth there "
+        raise UsageError(f"no LPIPS linear layers in {folder}: put the LPIPS v0.1 alex.pth there "
                              "(lin0.model.1.weight ... lin4.model.1.weight)")
     model = AlexLPIPS()
     wanted = {f"{i}.{kind}" for i in ALEX_CONV_INDICES for kind in ("weight", "bias")}
     missing = wanted - set(backbone)
     if missing:
-        raise TalksplatError(f"the AlexNet weights in {folder} lack {', '.join(sorted(missing))}")
+        raise UsageError(f"the AlexNet weights in {folder} lack {', '.join(sorted(missing))}")
     try:
         model.features.load_state_dict({k: backbone[k].float() for k in wanted})
     except RuntimeError as exc:
-        raise TalksplatError(f"the AlexNet weights in {folder} do not fit AlexNet: {str(exc).splitlines()[0]}") from exc
+        raise UsageError(f"the AlexNet weights in {folder} do not fit AlexNet: {str(exc).splitlines()[0]}") from exc
     with torch.no_grad():
         for p, w in zip(model.lins, linear, strict=True):
             p.copy_(w)

@@ -25,9 +25,10 @@ import torch
 
 from talksplat.core.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from talksplat.engine.checkpoint import latest_checkpoint, read_meta
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 from talksplat.eval import metrics as M
 from talksplat.eval import signals as S
+from talksplat.io.paths import require_writable_folder
 from talksplat.render.renderer import Renderer
 
 EVAL_FORMAT = "talksplat.eval"
@@ -64,16 +65,16 @@ class EvalConfig:
 
     def validate(self) -> None:
         if self.landmark_size < 128:
-            raise TalksplatError(f"--landmark-size must be at least 128 (FaceMesh misses small faces), "
+            raise UsageError(f"--landmark-size must be at least 128 (FaceMesh misses small faces), "
                                  f"got {self.landmark_size}")
         if self.max_frames is not None and self.max_frames < M.STABILITY_MIN_FRAMES:
-            raise TalksplatError(f"--max-frames must be at least {M.STABILITY_MIN_FRAMES}, got {self.max_frames}")
+            raise UsageError(f"--max-frames must be at least {M.STABILITY_MIN_FRAMES}, got {self.max_frames}")
         if self.reference_max_seconds <= 0:
-            raise TalksplatError("the reference length must be positive")
+            raise UsageError("the reference length must be positive")
         if self.pose not in ("loop", "still"):
-            raise TalksplatError(f"pose must be 'loop' or 'still', got {self.pose!r}")
+            raise UsageError(f"pose must be 'loop' or 'still', got {self.pose!r}")
         if self.lpips_weights is not None and not Path(self.lpips_weights).is_dir():
-            raise TalksplatError(f"LPIPS weights folder {self.lpips_weights} does not exist")
+            raise UsageError(f"LPIPS weights folder {self.lpips_weights} does not exist")
 
 
 @dataclass
@@ -111,10 +112,12 @@ def evaluate_subject(subject_dir: Path, run_dir: Path | None = None, audio: Path
     config.validate()
     subject_dir = Path(subject_dir)
     if audio is not None and not Path(audio).is_file():
-        raise TalksplatError(f"audio file {audio} does not exist")
+        raise UsageError(f"audio file {audio} does not exist")
     if not (subject_dir / "subject.json").is_file():
-        raise TalksplatError(f"{subject_dir} is not a prepared subject (no subject.json); "
+        raise UsageError(f"{subject_dir} is not a prepared subject (no subject.json); "
                              f"run `talksplat prepare VIDEO -o {subject_dir}` first")
+    out = Path(out_dir) if out_dir else default_out_dir(subject_dir, audio)
+    require_writable_folder(out, "output folder", "pass -o DIR")   # before minutes of rendering, not after
     lpips_model = None
     if config.lpips_weights is not None:
         from talksplat.eval.lpips import load_lpips
@@ -131,7 +134,6 @@ def evaluate_subject(subject_dir: Path, run_dir: Path | None = None, audio: Path
               "run": str(run.resolve()), "recipe": renderer.avatar.recipe_name, **result,
               "efficiency": {**training_cost(run), **render_speed(clip.render_seconds, renderer.data.size)},
               "labels": LABELS, "config": _jsonable(asdict(config))}
-    out = Path(out_dir) if out_dir else default_out_dir(subject_dir, audio)
     write_outputs(out, result, clip, config)
     return result
 
@@ -228,7 +230,7 @@ def _driving_samples(audio: Path) -> np.ndarray:
 
     samples = load_driving_audio(audio)
     if num_frames_for_samples(len(samples)) < M.STABILITY_MIN_FRAMES:
-        raise TalksplatError(f"{audio} is {len(samples) / SAMPLE_RATE:.2f} s long; at least "
+        raise UsageError(f"{audio} is {len(samples) / SAMPLE_RATE:.2f} s long; at least "
                              f"{M.STABILITY_MIN_FRAMES / FPS:.2f} s is needed")
     return samples
 

@@ -32,7 +32,7 @@ import numpy as np
 # FPS, SAMPLE_RATE and SAMPLES_PER_FRAME are defined in talksplat.core.constants; they stay importable
 # from here because every feature module and many callers read them from this module.
 from talksplat.core.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 from talksplat.io.atomic import atomic_path, write_bytes_atomic
 from talksplat.io.audio import load_audio
 
@@ -78,14 +78,14 @@ def validate_samples(samples: np.ndarray, source: str = "audio") -> np.ndarray:
     """
     samples = np.asarray(samples, dtype=np.float32).reshape(-1)
     if samples.size == 0:
-        raise TalksplatError(f"{source} contains no audio samples; give a file with speech in it")
+        raise UsageError(f"{source} contains no audio samples; give a file with speech in it")
     if samples.size < MIN_SECONDS * SAMPLE_RATE:
-        raise TalksplatError(f"{source} is only {samples.size / SAMPLE_RATE:.3f} s long; "
+        raise UsageError(f"{source} is only {samples.size / SAMPLE_RATE:.3f} s long; "
                              f"audio features need at least {MIN_SECONDS} s")
     if not np.all(np.isfinite(samples)):
-        raise TalksplatError(f"{source} contains NaN/inf samples; re-encode the file")
+        raise UsageError(f"{source} contains NaN/inf samples; re-encode the file")
     if float(np.max(np.abs(samples))) < SILENCE_PEAK:
-        raise TalksplatError(f"{source} is silent (peak below -80 dBFS); check the file has sound")
+        raise UsageError(f"{source} is silent (peak below -80 dBFS); check the file has sound")
     return samples
 
 

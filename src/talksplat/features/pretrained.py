@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 from talksplat.features.audio import FPS, SAMPLE_RATE, WINDOW_STEPS
 
 ENCODER_RATE = 50                              # wav2vec2 / HuBERT hidden states per second
@@ -38,19 +38,19 @@ class PretrainedAudioEncoder:
 
     def __init__(self, kind: str, model_dir: str | Path) -> None:
         if kind not in MODEL_TYPES:
-            raise TalksplatError(f"unknown pretrained audio encoder {kind!r} (use wav2vec2 or hubert)")
+            raise UsageError(f"unknown pretrained audio encoder {kind!r} (use wav2vec2 or hubert)")
         self.kind = kind
         self.model_dir = Path(model_dir).expanduser()
         config_path = self.model_dir / "config.json"
         if not config_path.is_file():
-            raise TalksplatError(f"{kind} model folder not found or has no config.json: {self.model_dir}; "
+            raise UsageError(f"{kind} model folder not found or has no config.json: {self.model_dir}; "
                                  "give the folder a model was saved to with save_pretrained")
         try:
             model_type = json.loads(config_path.read_text()).get("model_type")
         except ValueError as exc:
-            raise TalksplatError(f"{config_path} is not valid JSON; re-save the model") from exc
+            raise UsageError(f"{config_path} is not valid JSON; re-save the model") from exc
         if model_type not in MODEL_TYPES[kind]:
-            raise TalksplatError(f"{self.model_dir} holds a {model_type!r} model, not {kind}; "
+            raise UsageError(f"{self.model_dir} holds a {model_type!r} model, not {kind}; "
                                  f"use the matching feature name (wav2vec2:DIR or hubert:DIR)")
         transformers = _import_transformers()
         model_class = transformers.Wav2Vec2Model if kind == "wav2vec2" else transformers.HubertModel

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 from talksplat.features.audio import (
     MEL_BANDS,
     WINDOW_STEPS,
@@ -100,12 +100,12 @@ def parse_feature_name(name: str) -> FeatureSpec:
     kind, _, path = name.strip().partition(":")
     kind = kind.strip().lower()
     if kind not in FEATURE_KINDS:
-        raise TalksplatError(f"unknown audio feature {name!r}; choose one of "
+        raise UsageError(f"unknown audio feature {name!r}; choose one of "
                              "mel, phones, mel+phones, avsync[:MODEL_DIR], wav2vec2:DIR, hubert:DIR")
     if kind in KINDS_NEEDING_PATH and not path:
-        raise TalksplatError(f"audio feature {kind!r} needs a local model folder: write {kind}:/path/to/model")
+        raise UsageError(f"audio feature {kind!r} needs a local model folder: write {kind}:/path/to/model")
     if kind in ("mel", "phones", "mel+phones") and path:
-        raise TalksplatError(f"audio feature {kind!r} takes no path (got {name!r})")
+        raise UsageError(f"audio feature {kind!r} takes no path (got {name!r})")
     return FeatureSpec(kind, path or None)
 
 

@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from talksplat.core.landmarks import LIP_POINTS
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 from talksplat.features.audio import FPS, MEL_BANDS, WINDOW_STEPS, fit_to_frames, load_audio_16k, mel_windows
 from talksplat.features.sync_offset import MAX_SHIFT, normalise_lip_shapes
 from talksplat.io.paths import require_file
@@ -57,7 +57,7 @@ def lip_points(landmarks: np.ndarray) -> np.ndarray:
     """Lip landmarks (T, 40, 2) from full FaceMesh landmarks (T, 468|478, 2|3) or lips already (T, K, 2)."""
     landmarks = np.asarray(landmarks, dtype=np.float32)
     if landmarks.ndim != 3 or landmarks.shape[2] < 2:
-        raise TalksplatError(f"landmarks must be (T, K, 2), got shape {landmarks.shape}")
+        raise UsageError(f"landmarks must be (T, K, 2), got shape {landmarks.shape}")
     if landmarks.shape[1] >= 468:
         landmarks = landmarks[:, list(LIP_INDICES)]
     return landmarks[:, :, :2]
@@ -138,7 +138,7 @@ def track_video_lips(video_path: str | Path, fps: float = FPS, progress: bool = 
                 bar.update(1)
         bar.close()
     if not lips:
-        raise TalksplatError(f"{video_path} contains no decodable video frames")
+        raise UsageError(f"{video_path} contains no decodable video frames")
     return np.stack(lips).astype(np.float32)
 
 
@@ -167,7 +167,7 @@ def prepared_lips_audio(subject_dir: str | Path) -> tuple[np.ndarray, np.ndarray
     landmarks = next((subject_dir / p for p in PREPARED_LANDMARKS if (subject_dir / p).is_file()), None)
     audio = next((subject_dir / p for p in PREPARED_AUDIO if (subject_dir / p).is_file()), None)
     if landmarks is None or audio is None:
-        raise TalksplatError(f"{subject_dir} is not a prepared subject (needs landmarks.npy and audio/audio.wav); "
+        raise UsageError(f"{subject_dir} is not a prepared subject (needs landmarks.npy and audio/audio.wav); "
                              "run talksplat prepare first, or pass --video")
     lips = lip_points(np.load(landmarks, allow_pickle=False)).copy()
     detected_path = subject_dir / PREPARED_DETECTED
@@ -286,7 +286,7 @@ def load_sync_encoder(model_dir: str | Path) -> tuple[SyncEncoder, dict[str, obj
     model_dir = Path(model_dir)
     config_path, weights_path = model_dir / CONFIG_NAME, model_dir / WEIGHTS_NAME
     if not (config_path.is_file() and weights_path.is_file()):
-        raise TalksplatError(f"{model_dir} has no sync encoder ({CONFIG_NAME} + {WEIGHTS_NAME}); "
+        raise UsageError(f"{model_dir} has no sync encoder ({CONFIG_NAME} + {WEIGHTS_NAME}); "
                              "train one with talksplat sync-train")
     try:
         meta = json.loads(config_path.read_text())
@@ -332,7 +332,7 @@ class SyncTrainConfig:
     def validate(self) -> None:
         self.model.validate()
         if self.minutes <= 0 or self.max_steps <= 0 or self.chunks_per_step <= 0 or self.chunk_frames <= 0:
-            raise TalksplatError("sync training needs positive minutes, steps, chunks and chunk frames")
+            raise UsageError("sync training needs positive minutes, steps, chunks and chunk frames")
 
     def to_json(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -440,10 +440,10 @@ def train_sync_encoder(clips: list[SyncClip], cfg: SyncTrainConfig = SyncTrainCo
 
     cfg.validate()
     if not clips:
-        raise TalksplatError("no clips to train the sync encoder on")
+        raise UsageError("no clips to train the sync encoder on")
     if not any(_chunk_starts(c, cfg.chunk_frames) > 0 for c in clips):
         need = (cfg.chunk_frames + 2 * MAX_SHIFT + VISUAL_WINDOW) / FPS
-        raise TalksplatError(f"every clip is too short for sync training (need > {need:.1f} s of video)")
+        raise UsageError(f"every clip is too short for sync training (need > {need:.1f} s of video)")
     if any(c.lips.shape[1] != 2 * cfg.model.lip_points for c in clips):
         raise TalksplatError(f"clips must have {cfg.model.lip_points} lip points per frame")
     torch.set_num_threads(cfg.threads)
@@ -544,7 +544,7 @@ class SyncFeatureExtractor:
     @classmethod
     def load(cls, model_dir: str | Path | None) -> SyncFeatureExtractor:
         if model_dir is None:
-            raise TalksplatError("the 'avsync' feature needs a trained sync encoder: write avsync:MODEL_DIR "
+            raise UsageError("the 'avsync' feature needs a trained sync encoder: write avsync:MODEL_DIR "
                                  "(train one with talksplat sync-train)")
         model, _ = load_sync_encoder(model_dir)
         digest = hashlib.sha256(Path(model_dir, WEIGHTS_NAME).read_bytes()).hexdigest()[:16]

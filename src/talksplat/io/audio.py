@@ -10,7 +10,7 @@ import av
 import numpy as np
 
 from talksplat.core.constants import SAMPLE_RATE
-from talksplat.errors import TalksplatError
+from talksplat.errors import UsageError
 from talksplat.io.atomic import atomic_path
 from talksplat.io.paths import require_file
 
@@ -28,10 +28,10 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int = DEFAULT_SAMPLE_R
     try:
         container = av.open(str(path))
     except av.FFmpegError as exc:
-        raise TalksplatError(f"cannot open {path} as audio/video: {exc}") from exc
+        raise UsageError(f"cannot open {path} as audio/video: {exc}") from exc
     with container:
         if len(container.streams.audio) <= stream_index:
-            raise TalksplatError(f"{path} has no audio stream")
+            raise UsageError(f"{path} has no audio stream")
         stream = container.streams.audio[stream_index]
         declared = (float(stream.duration * stream.time_base)
                     if stream.duration is not None and stream.time_base is not None else None)
@@ -49,7 +49,7 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int = DEFAULT_SAMPLE_R
                 for out in resampler.resample(None):
                     chunks.append(out.to_ndarray().mean(axis=0))
         except av.FFmpegError as exc:
-            raise TalksplatError(f"cannot decode the audio of {path}: {exc}") from exc
+            raise UsageError(f"cannot decode the audio of {path}: {exc}") from exc
     if not chunks:
         return np.zeros(0, dtype=np.float32)
     samples = np.concatenate(chunks).astype(np.float32, copy=False)

@@ -15,7 +15,7 @@ import av
 import numpy as np
 
 from talksplat.core.constants import FPS, SAMPLE_RATE
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 from talksplat.io.atomic import atomic_path
 from talksplat.io.paths import require_file
 
@@ -42,14 +42,14 @@ def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
     try:
         return av.open(str(path))
     except av.FFmpegError as exc:
-        raise TalksplatError(f"cannot open {path} as a video: {exc}") from exc
+        raise UsageError(f"cannot open {path} as a video: {exc}") from exc
 
 
 def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
     """Read the stream headers of ``path`` and return a :class:`VideoInfo`."""
     with _open(path) as container:
         if not container.streams.video:
-            raise TalksplatError(f"{path} has no video stream")
+            raise UsageError(f"{path} has no video stream")
         vs = container.streams.video[0]
         fps = float(vs.average_rate or vs.guessed_rate or 0)
         if vs.duration is not None and vs.time_base is not None:
@@ -78,7 +78,7 @@ def iter_frames(path: str | os.PathLike[str]) -> Iterator[tuple[float, np.ndarra
     """
     with _open(path) as container:
         if not container.streams.video:
-            raise TalksplatError(f"{path} has no video stream")
+            raise UsageError(f"{path} has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
@@ -98,7 +98,7 @@ def read_video(path: str | os.PathLike[str], max_frames: int | None = None) -> n
         if max_frames is not None and len(frames) >= max_frames:
             break
     if not frames:
-        raise TalksplatError(f"{path} contains no decodable video frames")
+        raise UsageError(f"{path} contains no decodable video frames")
     return np.stack(frames)
 
 

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from talksplat.core.constants import FPS, SAMPLE_RATE
-from talksplat.errors import TalksplatError
+from talksplat.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -34,15 +34,15 @@ class PrepareConfig:
     def validate(self) -> None:
         """Raise TalksplatError for settings the pipeline cannot honour."""
         if not 64 <= self.size <= 2048 or self.size % 2:
-            raise TalksplatError(f"--size must be an even number between 64 and 2048 (got {self.size})")
+            raise UsageError(f"--size must be an even number between 64 and 2048 (got {self.size})")
         if self.fps <= 0 or SAMPLE_RATE % self.fps:
-            raise TalksplatError(f"--fps must divide {SAMPLE_RATE} (e.g. 25); got {self.fps}")
+            raise UsageError(f"--fps must divide {SAMPLE_RATE} (e.g. 25); got {self.fps}")
         if not 0.0 <= self.val_fraction < 0.5:
-            raise TalksplatError("val_fraction must be in [0, 0.5)")
+            raise UsageError("val_fraction must be in [0, 0.5)")
         if not 0.0 <= self.max_missing_fraction < 1.0:
-            raise TalksplatError("max_missing_fraction must be in [0, 1)")
+            raise UsageError("max_missing_fraction must be in [0, 1)")
         if self.max_faces < 1:
-            raise TalksplatError("max_faces must be >= 1")
+            raise UsageError("max_faces must be >= 1")
 
     def to_json(self) -> dict[str, object]:
         return dataclasses.asdict(self)

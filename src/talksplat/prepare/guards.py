@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 from talksplat.prepare import layout as L
 
 # Trained runs live in SUBJECT/runs/ (talksplat.engine.runs.RUNS_DIR). Checked by path: prepare sits
@@ -31,13 +31,15 @@ def prepare_output_folder(root: Path) -> bool:
     A probe file, not ``os.access``: access() answers for the real user id and ignores read-only mounts.
     """
     if root.exists() and not root.is_dir():
-        raise TalksplatError(f"{root} exists and is not a folder; give a folder for the subject")
+        raise UsageError(f"{root} exists and is not a folder; give a folder for the subject")
     created = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=root):
             pass
     except OSError as exc:
+        if created:                 # the refusal leaves no empty folder behind
+            remove_empty_folders(root)
         reason = exc.strerror or type(exc).__name__
         raise TalksplatError(f"cannot write to the subject folder {root} ({reason}); "
                              "choose a folder you can write to") from None
@@ -67,7 +69,7 @@ def refuse_other_video_over_runs(root: Path, source_hash: str, force: bool) -> N
     previous = _prepared_source_hash(root)
     if force or previous is None or previous == source_hash or not has_trained_runs(root):
         return
-    raise TalksplatError(f"{root} has trained runs from another video; prepare this video into a new folder, "
+    raise UsageError(f"{root} has trained runs from another video; prepare this video into a new folder, "
                          "or pass --force to replace the dataset (the runs in it will no longer match)")
 
 

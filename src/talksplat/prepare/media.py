@@ -14,7 +14,7 @@ import av
 import numpy as np
 
 from talksplat.core.constants import SAMPLE_RATE
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 from talksplat.io import VideoWriter, load_audio, probe_video
 from talksplat.io.paths import require_file
 from talksplat.io.video import iter_frames
@@ -33,15 +33,15 @@ def check_input(video: Path, cfg: PrepareConfig):
         info = probe_video(video)
     except TalksplatError as exc:
         if "no video stream" in str(exc):
-            raise TalksplatError(f"{video} has no video stream: give a video file (mp4/mov/mkv/webm/avi)") from None
-        raise TalksplatError(f"{video} is not a readable video (FFmpeg cannot open it); "
+            raise UsageError(f"{video} has no video stream: give a video file (mp4/mov/mkv/webm/avi)") from None
+        raise UsageError(f"{video} is not a readable video (FFmpeg cannot open it); "
                              "give an mp4/mov/mkv/webm/avi file") from None
     if info.width <= 0 or info.height <= 0:
-        raise TalksplatError(f"{video} has no decodable video stream: give a video file")
+        raise UsageError(f"{video} has no decodable video stream: give a video file")
     if cfg.audio and not info.has_audio:
-        raise TalksplatError(f"{video} has no audio stream: pass --no-audio to prepare it without sound")
+        raise UsageError(f"{video} has no audio stream: pass --no-audio to prepare it without sound")
     if 0 < info.duration < cfg.min_seconds:
-        raise TalksplatError(f"{video} is {info.duration:.1f} s long; at least {cfg.min_seconds:g} s is needed "
+        raise UsageError(f"{video} is {info.duration:.1f} s long; at least {cfg.min_seconds:g} s is needed "
                              "(record or pick a longer clip)")
     return info
 
@@ -96,14 +96,14 @@ def resample_and_store(video: Path, out_path: Path, fps: int, crf: int,
     except av.FFmpegError as exc:
         if writer is not None:
             writer._abort()
-        raise TalksplatError(f"{video} is truncated or corrupt ({type(exc).__name__} while decoding frame "
+        raise UsageError(f"{video} is truncated or corrupt ({type(exc).__name__} while decoding frame "
                              f"{count}); re-export or re-download it") from None
     except BaseException:
         if writer is not None:
             writer._abort()
         raise
     if prev is None:
-        raise TalksplatError(f"{video} contains no decodable video frames: give a video file")
+        raise UsageError(f"{video} contains no decodable video frames: give a video file")
     # The last frame lasts one source frame period (mean spacing of the decoded frames).
     period = last_time / (count - 1) if count > 1 else 1.0 / fps
     duration = last_time + period
@@ -149,7 +149,7 @@ def check_truncation(video: Path, header_duration: float, decoded_duration: floa
         return
     tolerance = max(TRUNCATION_TOLERANCE_S, TRUNCATION_TOLERANCE_FRACTION * header_duration)
     if decoded_duration < header_duration - tolerance:
-        raise TalksplatError(f"{video} looks truncated: its header says {header_duration:.1f} s but frames stop "
+        raise UsageError(f"{video} looks truncated: its header says {header_duration:.1f} s but frames stop "
                              f"at {decoded_duration:.1f} s; re-export or re-download it")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from talksplat.core.constants import SAMPLE_RATE
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 from talksplat.features.audio import shift_audio
 from talksplat.io import save_wav
 from talksplat.io.atomic import atomic_path
@@ -104,7 +104,7 @@ def _step_media(video: Path, cfg: PrepareConfig, header, quiet: bool) -> Callabl
             res = resample_and_store(video, runner.path(L.MEDIA_VIDEO), cfg.fps, cfg.full_video_crf, bar.update)
         check_truncation(video, header.duration, res["source_duration"])
         if res["source_duration"] < cfg.min_seconds:
-            raise TalksplatError(f"{video} is {res['source_duration']:.1f} s long; at least {cfg.min_seconds:g} s "
+            raise UsageError(f"{video} is {res['source_duration']:.1f} s long; at least {cfg.min_seconds:g} s "
                                  "is needed (record or pick a longer clip)")
         shift = 0.0
         if cfg.audio:

@@ -11,7 +11,7 @@ from pathlib import Path
 from talksplat.engine.avatar import Avatar
 from talksplat.engine.avatar import load_avatar as _load_avatar
 from talksplat.engine.contract import Recipe
-from talksplat.errors import TalksplatError
+from talksplat.errors import UsageError
 from talksplat.recipes.gaussianflametalk import GaussianFlameTalk
 from talksplat.recipes.talkinggaussian import TalkingGaussian
 from talksplat.recipes.unigs import UniGS
@@ -22,7 +22,7 @@ DEFAULT_RECIPE = TalkingGaussian.name
 
 def recipe_class(name: str) -> type[Recipe]:
     if name not in RECIPES:
-        raise TalksplatError(f"unknown recipe {name!r}; choose one of {', '.join(sorted(RECIPES))} "
+        raise UsageError(f"unknown recipe {name!r}; choose one of {', '.join(sorted(RECIPES))} "
                              "(`talksplat recipes` lists them)")
     return RECIPES[name]
 

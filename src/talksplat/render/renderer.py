@@ -30,7 +30,7 @@ import torch
 
 from talksplat.core.constants import FPS, SAMPLE_RATE
 from talksplat.engine.avatar import Avatar
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 from talksplat.recipes import load_avatar
 from talksplat.render.seam import FEATHER_SIGMA_FRACTION, Box, SeamMeter, feather_mask, paste
 from talksplat.render.stream import RenderStream, output_frame_count, streaming_feature
@@ -115,17 +115,17 @@ class Renderer:
         """Validates ``options`` against this subject (one-line TalksplatError) and returns them."""
         options = options or RenderOptions()
         if options.pose not in ("loop", "still", "range"):
-            raise TalksplatError(f"pose must be loop, still or range (got {options.pose!r})")
+            raise UsageError(f"pose must be loop, still or range (got {options.pose!r})")
         modes = self.conditioner.expression_modes
         if options.expression not in modes:
-            raise TalksplatError(f"expression must be one of {', '.join(modes)} for this avatar (got {options.expression!r})")
+            raise UsageError(f"expression must be one of {', '.join(modes)} for this avatar (got {options.expression!r})")
         if options.pose == "range" and options.pose_range is None:
-            raise TalksplatError("pose 'range' needs a frame range: --pose-range START:END")
+            raise UsageError("pose 'range' needs a frame range: --pose-range START:END")
         if options.pose_range is not None:
             start, stop = (int(v) for v in options.pose_range)
             n = self.data.n_frames
             if not 0 <= start < stop <= n:
-                raise TalksplatError(f"pose range {start}:{stop} is not within the subject's frames 0:{n} "
+                raise UsageError(f"pose range {start}:{stop} is not within the subject's frames 0:{n} "
                                      "(START < END, END exclusive)")
         return options
 
@@ -252,14 +252,14 @@ def check_output_path(out_path: Path) -> Path:
     """One-line TalksplatError unless ``out_path`` is an .mp4 we can create (probes the folder)."""
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".mp4":
-        raise TalksplatError(f"output must be an .mp4 file, got {out_path}")
+        raise UsageError(f"output must be an .mp4 file, got {out_path}")
     if out_path.is_dir():
-        raise TalksplatError(f"output {out_path} is a folder; give a file name ending in .mp4")
+        raise UsageError(f"output {out_path} is a folder; give a file name ending in .mp4")
     folder = out_path.parent
     if not folder.exists():
-        raise TalksplatError(f"output folder {folder} does not exist; create it first")
+        raise UsageError(f"output folder {folder} does not exist; create it first")
     if not folder.is_dir():
-        raise TalksplatError(f"output folder {folder} is not a folder")
+        raise UsageError(f"output folder {folder} is not a folder")
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".probe", dir=folder)
         os.close(fd)
@@ -288,7 +288,7 @@ def audio_header_seconds(path: Path) -> float | None:
 
 
 def _too_long(path: Path, seconds: float, limit: float) -> TalksplatError:
-    return TalksplatError(f"{path} is {seconds:.0f} s long; the limit is {limit:.0f} s: split it into "
+    return UsageError(f"{path} is {seconds:.0f} s long; the limit is {limit:.0f} s: split it into "
                           "shorter files (or stream it with Renderer.stream)")
 
 
@@ -301,7 +301,7 @@ def load_driving_audio(audio_path: Path, max_seconds: float | None = None) -> np
     max_seconds = MAX_AUDIO_SECONDS if max_seconds is None else float(max_seconds)
     audio_path = Path(audio_path)
     if not audio_path.is_file():
-        raise TalksplatError(f"audio file {audio_path} does not exist")
+        raise UsageError(f"audio file {audio_path} does not exist")
     declared = audio_header_seconds(audio_path)
     if declared is not None and declared > max_seconds:
         raise _too_long(audio_path, declared, max_seconds)

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from talksplat.core.constants import FPS, SAMPLE_RATE
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,13 @@ class SynthConfig:
     def validate(self) -> None:
         """Raise TalksplatError for values the generator cannot honour."""
         if self.size < 64 or self.size % 2:
-            raise TalksplatError(f"--size must be an even number >= 64 (got {self.size})")
+            raise UsageError(f"--size must be an even number >= 64 (got {self.size})")
         if self.size > 2048:
-            raise TalksplatError(f"--size {self.size} is too large (max 2048)")
+            raise UsageError(f"--size {self.size} is too large (max 2048)")
         if self.seconds is not None and not (0.2 <= self.seconds <= 3600):
-            raise TalksplatError(f"--seconds must be between 0.2 and 3600 (got {self.seconds})")
+            raise UsageError(f"--seconds must be between 0.2 and 3600 (got {self.seconds})")
         if self.seconds is None and self.audio is None:
-            raise TalksplatError("give --seconds, or --audio to take the length from the audio")
+            raise UsageError("give --seconds, or --audio to take the length from the audio")
         if self.fps <= 0 or self.sample_rate % self.fps:
             raise TalksplatError(f"the sample rate {self.sample_rate} must be a multiple of fps {self.fps}")
         if self.supersample not in (1, 2, 3, 4):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from talksplat import __version__
-from talksplat.errors import TalksplatError
+from talksplat.errors import TalksplatError, UsageError
 from talksplat.io import VideoWriter, atomic_path, fit_length, load_audio, save_wav, write_bytes_atomic
 from talksplat.synthetic import motion
 from talksplat.synthetic import template as T
@@ -65,7 +65,7 @@ def _driving_audio(cfg: SynthConfig) -> tuple[np.ndarray, int, list[dict[str, ob
     if cfg.audio is not None:
         samples = load_audio(cfg.audio, sr)
         if samples.size == 0:
-            raise TalksplatError(f"{cfg.audio} contains no audio samples")
+            raise UsageError(f"{cfg.audio} contains no audio samples")
         seconds = cfg.seconds if cfg.seconds is not None else samples.size / sr
         num_frames = max(round(seconds * fps), 1)
         sources = [{"file": Path(cfg.audio).name, "note": "user-supplied audio"}]
