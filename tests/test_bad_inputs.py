@@ -233,6 +233,8 @@ CASES: dict[str, Case] = {
                                     ("not valid TOML",), no_load=True),
     "train/odd --size": Case(lambda w: ["train", w.subject, "--size", "33", "-o", w.root / "r"], USAGE,
                              ("size must be an even number",), no_load=True),
+    "train/unknown --audio-feature": Case(lambda w: ["train", w.subject, "--audio-feature", "mfcc", "-o", w.root / "r"],
+                                          USAGE, ("unknown audio feature 'mfcc'", "choose one of"), no_load=True),
     "train/--quality unknown": Case(lambda w: ["train", w.subject, "--quality", "ultra"], USAGE,
                                     ("invalid choice", "--help"), no_load=True),
     "train/--eval-frames negative": Case(lambda w: ["train", w.subject, "--eval-frames", "-1"], USAGE, (">= 0",),

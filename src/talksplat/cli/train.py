@@ -93,7 +93,7 @@ def _shortcuts(args, recipe_cls) -> dict[str, object]:
         stage_names = list(recipe_cls.Config().iterations.__dataclass_fields__)
         if len(args.iters) != len(stage_names):
             raise UsageError(f"--iters needs {len(stage_names)} numbers for {recipe_cls.name} "
-                                 f"({' '.join(n.upper() for n in stage_names)}), got {len(args.iters)}")
+                             f"({' '.join(n.upper() for n in stage_names)}), got {len(args.iters)}")
         if any(n < 0 for n in args.iters):
             raise UsageError("--iters must be >= 0")
         out.update({f"iterations.{name}": n for name, n in zip(stage_names, args.iters, strict=True)})
@@ -124,7 +124,7 @@ def run(args) -> int:
         raise UsageError(f"subject folder {args.subject} does not exist; run `talksplat prepare` first")
     if not (args.subject / "subject.json").is_file():
         raise UsageError(f"{args.subject} is not a prepared subject (no subject.json); "
-                             f"run `talksplat prepare VIDEO -o {args.subject}` first")
+                         f"run `talksplat prepare VIDEO -o {args.subject}` first")
     if args.eval_frames < 0 or args.checkpoint_every < 0:
         raise UsageError("--eval-frames and --checkpoint-every must be >= 0")
     cfg = build_config(args, recipe_cls)

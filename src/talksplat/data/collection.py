@@ -39,7 +39,7 @@ class SubjectCollection:
         folders = sorted(p for p in parent.iterdir() if (p / "subject.json").is_file())
         if not folders:
             raise UsageError(f"{parent} holds no prepared subjects (folders with subject.json); "
-                                 "run `talksplat prepare VIDEO -o PARENT/NAME` for each person")
+                             "run `talksplat prepare VIDEO -o PARENT/NAME` for each person")
         return cls([load_subject_data(p, size, audio_feature) for p in folders])
 
     def sample_pair(self, rng: np.random.Generator) -> tuple[int, int, int]:

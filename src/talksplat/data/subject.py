@@ -133,7 +133,7 @@ def _subject_meta(subject_dir: Path) -> dict:
     path = subject_dir / SUBJECT_JSON
     if not path.is_file():
         raise UsageError(f"{subject_dir} is not a prepared subject (no {SUBJECT_JSON}); "
-                             f"run `talksplat prepare VIDEO -o {subject_dir}` first")
+                         f"run `talksplat prepare VIDEO -o {subject_dir}` first")
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

@@ -109,7 +109,7 @@ def load_checkpoint(path: Path, *, recipe: str | None, config_type) -> tuple[dic
     meta = read_meta(path)
     if recipe is not None and meta["recipe"] != recipe:
         raise UsageError(f"checkpoint {path} was trained with recipe {meta['recipe']!r}, "
-                             f"not {recipe!r}; pass --recipe {meta['recipe']} (or another run folder)")
+                         f"not {recipe!r}; pass --recipe {meta['recipe']} (or another run folder)")
     try:
         config = config_from_dict(config_type, meta["config"])
     except TalksplatError as exc:

@@ -33,7 +33,7 @@ def subject_of_run(run: Path, meta: dict) -> Path:
     if recorded and (Path(recorded) / "subject.json").is_file():
         return Path(recorded)
     raise UsageError(f"cannot tell which subject run {run} was trained on; pass the subject folder "
-                         "and --run RUN")
+                     "and --run RUN")
 
 
 def resolve_run(path: Path, recipe: str | None = None, run: Path | None = None) -> tuple[Path, Path]:
@@ -51,7 +51,7 @@ def resolve_run(path: Path, recipe: str | None = None, run: Path | None = None) 
         return subject_of_run(path, meta), path
     if not (path / "subject.json").is_file():
         raise UsageError(f"{path} is not a prepared subject (no subject.json) nor a run; run "
-                             f"`talksplat prepare VIDEO -o {path}` and `talksplat train {path}` first")
+                         f"`talksplat prepare VIDEO -o {path}` and `talksplat train {path}` first")
     if recipe is not None:
         return path, default_run_dir(path, recipe)
     runs = sorted(p for p in (path / RUNS_DIR).glob("*") if latest_checkpoint(p / "checkpoints"))

@@ -39,6 +39,7 @@ from talksplat.engine.evaluate import evaluate_held_out, to_uint8
 from talksplat.engine.losses import psnr
 from talksplat.engine.runs import check_fingerprint, default_run_dir
 from talksplat.errors import TalksplatError, UsageError
+from talksplat.features.registry import parse_feature_name
 from talksplat.io.paths import require_writable_folder
 
 
@@ -275,6 +276,7 @@ def _check_settings(recipe_cls: type[Recipe], cfg) -> None:
         cfg.validate()
     except ValueError as exc:
         raise UsageError(f"invalid {recipe_cls.name} settings: {exc}") from exc
+    parse_feature_name(cfg.audio_feature)   # a misspelt feature fails now, not after the subject's frames load
     iterations = getattr(cfg, "iterations", None)
     if dataclasses.is_dataclass(iterations) and sum(dataclasses.astuple(iterations)) <= 0:
         raise UsageError(NOTHING_TO_TRAIN)

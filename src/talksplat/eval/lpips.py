@@ -135,10 +135,10 @@ def load_lpips(folder: Path) -> AlexLPIPS:
         linear = linear or _linear(state)
     if backbone is None:
         raise UsageError(f"no AlexNet backbone in {folder}: put torchvision's AlexNet state dict there "
-                             "(features.0.weight of shape (64, 3, 11, 11), e.g. alexnet-owt-7be5be79.pth)")
+                         "(features.0.weight of shape (64, 3, 11, 11), e.g. alexnet-owt-7be5be79.pth)")
     if linear is None:
         raise UsageError(f"no LPIPS linear layers in {folder}: put the LPIPS v0.1 alex.pth there "
-                             "(lin0.model.1.weight ... lin4.model.1.weight)")
+                         "(lin0.model.1.weight ... lin4.model.1.weight)")
     model = AlexLPIPS()
     wanted = {f"{i}.{kind}" for i in ALEX_CONV_INDICES for kind in ("weight", "bias")}
     missing = wanted - set(backbone)

@@ -66,7 +66,7 @@ class EvalConfig:
     def validate(self) -> None:
         if self.landmark_size < 128:
             raise UsageError(f"--landmark-size must be at least 128 (FaceMesh misses small faces), "
-                                 f"got {self.landmark_size}")
+                             f"got {self.landmark_size}")
         if self.max_frames is not None and self.max_frames < M.STABILITY_MIN_FRAMES:
             raise UsageError(f"--max-frames must be at least {M.STABILITY_MIN_FRAMES}, got {self.max_frames}")
         if self.reference_max_seconds <= 0:
@@ -115,7 +115,7 @@ def evaluate_subject(subject_dir: Path, run_dir: Path | None = None, audio: Path
         raise UsageError(f"audio file {audio} does not exist")
     if not (subject_dir / "subject.json").is_file():
         raise UsageError(f"{subject_dir} is not a prepared subject (no subject.json); "
-                             f"run `talksplat prepare VIDEO -o {subject_dir}` first")
+                         f"run `talksplat prepare VIDEO -o {subject_dir}` first")
     out = Path(out_dir) if out_dir else default_out_dir(subject_dir, audio)
     require_writable_folder(out, "output folder", "pass -o DIR")   # before minutes of rendering, not after
     lpips_model = None
@@ -231,7 +231,7 @@ def _driving_samples(audio: Path) -> np.ndarray:
     samples = load_driving_audio(audio)
     if num_frames_for_samples(len(samples)) < M.STABILITY_MIN_FRAMES:
         raise UsageError(f"{audio} is {len(samples) / SAMPLE_RATE:.2f} s long; at least "
-                             f"{M.STABILITY_MIN_FRAMES / FPS:.2f} s is needed")
+                         f"{M.STABILITY_MIN_FRAMES / FPS:.2f} s is needed")
     return samples
 
 

@@ -81,7 +81,7 @@ def validate_samples(samples: np.ndarray, source: str = "audio") -> np.ndarray:
         raise UsageError(f"{source} contains no audio samples; give a file with speech in it")
     if samples.size < MIN_SECONDS * SAMPLE_RATE:
         raise UsageError(f"{source} is only {samples.size / SAMPLE_RATE:.3f} s long; "
-                             f"audio features need at least {MIN_SECONDS} s")
+                         f"audio features need at least {MIN_SECONDS} s")
     if not np.all(np.isfinite(samples)):
         raise UsageError(f"{source} contains NaN/inf samples; re-encode the file")
     if float(np.max(np.abs(samples))) < SILENCE_PEAK:

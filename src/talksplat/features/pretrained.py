@@ -44,14 +44,14 @@ class PretrainedAudioEncoder:
         config_path = self.model_dir / "config.json"
         if not config_path.is_file():
             raise UsageError(f"{kind} model folder not found or has no config.json: {self.model_dir}; "
-                                 "give the folder a model was saved to with save_pretrained")
+                             "give the folder a model was saved to with save_pretrained")
         try:
             model_type = json.loads(config_path.read_text()).get("model_type")
         except ValueError as exc:
             raise UsageError(f"{config_path} is not valid JSON; re-save the model") from exc
         if model_type not in MODEL_TYPES[kind]:
             raise UsageError(f"{self.model_dir} holds a {model_type!r} model, not {kind}; "
-                                 f"use the matching feature name (wav2vec2:DIR or hubert:DIR)")
+                             f"use the matching feature name (wav2vec2:DIR or hubert:DIR)")
         transformers = _import_transformers()
         model_class = transformers.Wav2Vec2Model if kind == "wav2vec2" else transformers.HubertModel
         try:

@@ -101,7 +101,7 @@ def parse_feature_name(name: str) -> FeatureSpec:
     kind = kind.strip().lower()
     if kind not in FEATURE_KINDS:
         raise UsageError(f"unknown audio feature {name!r}; choose one of "
-                             "mel, phones, mel+phones, avsync[:MODEL_DIR], wav2vec2:DIR, hubert:DIR")
+                         "mel, phones, mel+phones, avsync[:MODEL_DIR], wav2vec2:DIR, hubert:DIR")
     if kind in KINDS_NEEDING_PATH and not path:
         raise UsageError(f"audio feature {kind!r} needs a local model folder: write {kind}:/path/to/model")
     if kind in ("mel", "phones", "mel+phones") and path:

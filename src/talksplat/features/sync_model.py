@@ -168,7 +168,7 @@ def prepared_lips_audio(subject_dir: str | Path) -> tuple[np.ndarray, np.ndarray
     audio = next((subject_dir / p for p in PREPARED_AUDIO if (subject_dir / p).is_file()), None)
     if landmarks is None or audio is None:
         raise UsageError(f"{subject_dir} is not a prepared subject (needs landmarks.npy and audio/audio.wav); "
-                             "run talksplat prepare first, or pass --video")
+                         "run talksplat prepare first, or pass --video")
     lips = lip_points(np.load(landmarks, allow_pickle=False)).copy()
     detected_path = subject_dir / PREPARED_DETECTED
     if detected_path.is_file():
@@ -287,7 +287,7 @@ def load_sync_encoder(model_dir: str | Path) -> tuple[SyncEncoder, dict[str, obj
     config_path, weights_path = model_dir / CONFIG_NAME, model_dir / WEIGHTS_NAME
     if not (config_path.is_file() and weights_path.is_file()):
         raise UsageError(f"{model_dir} has no sync encoder ({CONFIG_NAME} + {WEIGHTS_NAME}); "
-                             "train one with talksplat sync-train")
+                         "train one with talksplat sync-train")
     try:
         meta = json.loads(config_path.read_text())
         cfg = SyncEncoderConfig(**meta["config"])
@@ -545,7 +545,7 @@ class SyncFeatureExtractor:
     def load(cls, model_dir: str | Path | None) -> SyncFeatureExtractor:
         if model_dir is None:
             raise UsageError("the 'avsync' feature needs a trained sync encoder: write avsync:MODEL_DIR "
-                                 "(train one with talksplat sync-train)")
+                             "(train one with talksplat sync-train)")
         model, _ = load_sync_encoder(model_dir)
         digest = hashlib.sha256(Path(model_dir, WEIGHTS_NAME).read_bytes()).hexdigest()[:16]
         return cls(model, digest)

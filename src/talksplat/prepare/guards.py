@@ -70,7 +70,7 @@ def refuse_other_video_over_runs(root: Path, source_hash: str, force: bool) -> N
     if force or previous is None or previous == source_hash or not has_trained_runs(root):
         return
     raise UsageError(f"{root} has trained runs from another video; prepare this video into a new folder, "
-                         "or pass --force to replace the dataset (the runs in it will no longer match)")
+                     "or pass --force to replace the dataset (the runs in it will no longer match)")
 
 
 def remove_empty_folders(root: Path) -> None:

@@ -35,14 +35,14 @@ def check_input(video: Path, cfg: PrepareConfig):
         if "no video stream" in str(exc):
             raise UsageError(f"{video} has no video stream: give a video file (mp4/mov/mkv/webm/avi)") from None
         raise UsageError(f"{video} is not a readable video (FFmpeg cannot open it); "
-                             "give an mp4/mov/mkv/webm/avi file") from None
+                         "give an mp4/mov/mkv/webm/avi file") from None
     if info.width <= 0 or info.height <= 0:
         raise UsageError(f"{video} has no decodable video stream: give a video file")
     if cfg.audio and not info.has_audio:
         raise UsageError(f"{video} has no audio stream: pass --no-audio to prepare it without sound")
     if 0 < info.duration < cfg.min_seconds:
         raise UsageError(f"{video} is {info.duration:.1f} s long; at least {cfg.min_seconds:g} s is needed "
-                             "(record or pick a longer clip)")
+                         "(record or pick a longer clip)")
     return info
 
 
@@ -97,7 +97,7 @@ def resample_and_store(video: Path, out_path: Path, fps: int, crf: int,
         if writer is not None:
             writer._abort()
         raise UsageError(f"{video} is truncated or corrupt ({type(exc).__name__} while decoding frame "
-                             f"{count}); re-export or re-download it") from None
+                         f"{count}); re-export or re-download it") from None
     except BaseException:
         if writer is not None:
             writer._abort()
@@ -150,7 +150,7 @@ def check_truncation(video: Path, header_duration: float, decoded_duration: floa
     tolerance = max(TRUNCATION_TOLERANCE_S, TRUNCATION_TOLERANCE_FRACTION * header_duration)
     if decoded_duration < header_duration - tolerance:
         raise UsageError(f"{video} looks truncated: its header says {header_duration:.1f} s but frames stop "
-                             f"at {decoded_duration:.1f} s; re-export or re-download it")
+                         f"at {decoded_duration:.1f} s; re-export or re-download it")
 
 
 __all__ = ["check_input", "check_truncation", "extract_audio", "resample_and_store"]

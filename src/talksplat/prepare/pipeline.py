@@ -105,7 +105,7 @@ def _step_media(video: Path, cfg: PrepareConfig, header, quiet: bool) -> Callabl
         check_truncation(video, header.duration, res["source_duration"])
         if res["source_duration"] < cfg.min_seconds:
             raise UsageError(f"{video} is {res['source_duration']:.1f} s long; at least {cfg.min_seconds:g} s "
-                                 "is needed (record or pick a longer clip)")
+                             "is needed (record or pick a longer clip)")
         shift = 0.0
         if cfg.audio:
             samples, shift = extract_audio(video, res["n_frames"], cfg.fps)

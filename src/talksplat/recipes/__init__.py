@@ -23,7 +23,7 @@ DEFAULT_RECIPE = TalkingGaussian.name
 def recipe_class(name: str) -> type[Recipe]:
     if name not in RECIPES:
         raise UsageError(f"unknown recipe {name!r}; choose one of {', '.join(sorted(RECIPES))} "
-                             "(`talksplat recipes` lists them)")
+                         "(`talksplat recipes` lists them)")
     return RECIPES[name]
 
 

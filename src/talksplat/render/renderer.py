@@ -126,7 +126,7 @@ class Renderer:
             n = self.data.n_frames
             if not 0 <= start < stop <= n:
                 raise UsageError(f"pose range {start}:{stop} is not within the subject's frames 0:{n} "
-                                     "(START < END, END exclusive)")
+                                 "(START < END, END exclusive)")
         return options
 
     def pose_frames(self, options: RenderOptions) -> np.ndarray:
@@ -289,7 +289,7 @@ def audio_header_seconds(path: Path) -> float | None:
 
 def _too_long(path: Path, seconds: float, limit: float) -> TalksplatError:
     return UsageError(f"{path} is {seconds:.0f} s long; the limit is {limit:.0f} s: split it into "
-                          "shorter files (or stream it with Renderer.stream)")
+                      "shorter files (or stream it with Renderer.stream)")
 
 
 def load_driving_audio(audio_path: Path, max_seconds: float | None = None) -> np.ndarray:
