@@ -22,7 +22,7 @@ from talksplat.core.landmarks import (
     RIGHT_EYE_OUTER,
     UPPER_LIP_CENTER,
 )
-from talksplat.tracking.native_log import native_stderr_silenced
+from talksplat.tracking.native_log import native_stderr_settled, native_stderr_silenced
 
 
 def _quiet_mediapipe_logs() -> None:
@@ -43,18 +43,22 @@ class FaceMeshTracker:
         _quiet_mediapipe_logs()
         import mediapipe as mp  # imported lazily: it is slow to import and pulls in a lot
 
-        with native_stderr_silenced():
+        with native_stderr_settled():   # the graph starts in native threads that log after this returns
             self._mesh = mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=static_image_mode, max_num_faces=max_num_faces, refine_landmarks=True,
                 min_detection_confidence=min_detection_confidence,
                 min_tracking_confidence=min_tracking_confidence)
+        self._ran = False
 
     def _run(self, image: np.ndarray):
         """The graph's result for a checked (H, W, 3) uint8 image, its native log lines silenced."""
         image = np.ascontiguousarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
-        with native_stderr_silenced():
+        # The first call starts the graph's calculators, which log from a native thread after it returns.
+        silenced = native_stderr_settled if not self._ran else native_stderr_silenced
+        self._ran = True
+        with silenced():
             return self._mesh.process(image)
 
     def process(self, image: np.ndarray) -> np.ndarray | None:

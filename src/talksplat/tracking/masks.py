@@ -27,7 +27,7 @@ from talksplat.core.landmarks import (
     RIGHT_CHEEK,
     RIGHT_EYE,
 )
-from talksplat.tracking.native_log import native_stderr_silenced
+from talksplat.tracking.native_log import native_stderr_settled, native_stderr_silenced
 
 PERSON_THRESHOLD = 0.5
 # The neck: below the jaw, within this many face widths of the chin horizontally, and down to
@@ -203,12 +203,16 @@ class PersonSegmenter:
     def __init__(self) -> None:
         import mediapipe as mp
 
-        with native_stderr_silenced():
+        with native_stderr_settled():   # the graph starts in native threads that log after this returns
             self._seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+        self._ran = False
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (H, W) float32 person probability."""
-        with native_stderr_silenced():
+        # The first call starts the graph's calculators, which log from a native thread after it returns.
+        silenced = native_stderr_settled if not self._ran else native_stderr_silenced
+        self._ran = True
+        with silenced():
             result = self._seg.process(np.ascontiguousarray(image))
         return np.asarray(result.segmentation_mask, dtype=np.float32)
 
