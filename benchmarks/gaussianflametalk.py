@@ -1,7 +1,8 @@
 """GaussianFlameTalk vs TalkingGaussian on one prepared subject (issue 16's acceptance figures).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/gaussianflametalk.py SUBJECT_DIR \
-        --audio A.ogg B.ogg [--gft-set KEY=VALUE ...] [--tg-set KEY=VALUE ...] [--skip-train] [--name NAME]
+        --audio A.ogg B.ogg [--gft-set KEY=VALUE ...] [--tg-set KEY=VALUE ...] [--skip-train RECIPE ...]
+        [--restart RECIPE ...] [--name NAME]
 
 1. Trains (or resumes) both recipes into SUBJECT/runs/<recipe> with the given settings (pick the
    iteration counts so their training wall times match; both are reported).
@@ -37,12 +38,12 @@ RESULTS = Path(__file__).parent / "results" / "gaussianflametalk.json"
 RECIPE_NAMES = ("gaussianflametalk", "talkinggaussian")
 
 
-def _train(subject: Path, name: str, sets: list[str], skip: bool) -> dict:
+def _train(subject: Path, name: str, sets: list[str], skip: bool, restart: bool) -> dict:
     run = subject / "runs" / name
     if not skip:
         cls = RECIPES[name]
         cfg = apply_overrides(cls.Config(), dict(item.split("=", 1) for item in sets))
-        train(subject, cls, cfg, TrainerConfig(quiet=False), out_dir=run)
+        train(subject, cls, cfg, TrainerConfig(quiet=False), out_dir=run, restart=restart)
     return json.loads((run / "summary.json").read_text())
 
 
@@ -90,7 +91,10 @@ def main() -> None:
     parser.add_argument("--audio", type=Path, nargs="+", required=True, help="unseen speech clips")
     parser.add_argument("--gft-set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--tg-set", nargs="*", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--skip-train", action="store_true", help="evaluate the existing runs")
+    parser.add_argument("--skip-train", nargs="*", choices=RECIPE_NAMES, default=[], metavar="RECIPE",
+                        help="evaluate these recipes' existing runs without training")
+    parser.add_argument("--restart", nargs="*", choices=RECIPE_NAMES, default=[], metavar="RECIPE",
+                        help="train these recipes from scratch (e.g. with more iterations)")
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
 
@@ -99,7 +103,7 @@ def main() -> None:
     sets = {"gaussianflametalk": args.gft_set, "talkinggaussian": args.tg_set}
     key = args.name or args.subject.name
     for name in RECIPE_NAMES:
-        summary = _train(args.subject, name, sets[name], args.skip_train)
+        summary = _train(args.subject, name, sets[name], name in args.skip_train, name in args.restart)
         result[name] = {"train_seconds": summary["train_seconds"], "iterations": summary["iterations"],
                         "gaussians": summary["gaussians"], "ms_per_iteration_median": summary["ms_per_iteration_median"],
                         "threads": summary["threads"], "self": _self_eval(args.subject, name), "driven": {}}

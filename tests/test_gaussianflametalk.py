@@ -237,3 +237,31 @@ def test_subject_without_face_model_gets_a_one_line_error_naming_prepare(tiny_su
         build_recipe(RECIPES["gaussianflametalk"], copy, cfg)
     message = str(err.value)
     assert "\n" not in message and "face_model" in message and "talksplat prepare" in message
+
+
+def test_both_pose_sources_place_the_mesh_alike(tiny_subject):
+    """The stabilised cameras (``world_from_model``, default) and the face model's own per-frame poses
+    project each frame's mesh to the same pixels: the two conversions agree. (They may differ by
+    millimetres along the viewing ray, which a face barely determines.)"""
+    base = apply_overrides(GaussianFlameTalk.Config(), GaussianFlameTalk.test_overrides)
+    camera = build_recipe(GaussianFlameTalk, tiny_subject, base)
+    fit = build_recipe(GaussianFlameTalk, tiny_subject, apply_overrides(base, {"pose_source": "fit"}))
+    face = torch.arange(*camera.model.regions["face"])
+    K = camera.data.K
+
+    def pixels(points, w2c):
+        cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+        return cam[:, :2] / cam[:, 2:3] * torch.stack([K[0, 0], K[1, 1]]) + K[:2, 2]
+
+    for t in (0, camera.data.n_frames // 2, camera.data.n_frames - 1):
+        expression = camera.mesh.expression(t).detach()
+        a = camera.mesh.world_vertices(t, expression)[face].detach()
+        b = fit.mesh.world_vertices(t, expression)[face].detach()
+        w2c = camera.data.w2c[t]
+        gap_px = (pixels(a, w2c) - pixels(b, w2c)).norm(dim=-1)
+        assert float(gap_px.mean()) < 0.5, (t, float(gap_px.mean()))     # at 64^2: under half a pixel
+        spread_px = (pixels(a, w2c) - pixels(a, w2c).mean(0)).norm(dim=-1).mean()
+        assert float(spread_px) > 5.0                                     # a real face, not a collapsed mesh
+        assert float((a - b).norm(dim=-1).mean()) < 15.0
+    with pytest.raises(TalksplatError, match="pose_source"):
+        build_recipe(GaussianFlameTalk, tiny_subject, apply_overrides(base, {"pose_source": "wobbly"}))

@@ -104,9 +104,12 @@ class GaussianFlameTalkLosses:
     # beyond binding_free_scale_mm (triangle-bound Gaussians only), so Gaussians stay near their triangle.
     binding: float = 0.01
     # Squared per-frame corrections of the mesh: expression offsets (blendshape weight units) and pose
-    # (rotation in degrees, translation in mm, log-scale x 100; plus their second difference over time).
+    # (rotation in degrees, translation in mm, log-scale x 100).
     expression_reg: float = 1.0
     pose_reg: float = 0.01
+    # Squared second difference of the pose corrections over time (same units): slow tracking errors are
+    # corrected, frame-to-frame jitter is not learned (it made the driven renders wobble).
+    pose_smooth: float = 1.0
     flametalk: float = 1.0    # eq. 2, mm^2
 
 
@@ -656,6 +659,7 @@ class GaussianFlameTalk(Recipe):
         terms["binding"] = self._binding_loss()
         terms["expression_reg"] = self.mesh.expression_offset[batch.frame].pow(2).mean()
         terms["pose_reg"] = self._pose_reg(batch.frame)
+        terms["pose_smooth"] = self._pose_smooth(batch.frame)
         return terms
 
     def _binding_loss(self) -> Tensor:
@@ -673,12 +677,16 @@ class GaussianFlameTalk(Recipe):
                           mesh.log_scale_offset[frame] * POSE_REG_LOG_SCALE])
 
     def _pose_reg(self, frame: int) -> Tensor:
-        """Small corrections, and smooth ones: the second difference with the neighbouring frames
-        (independent per-frame corrections would add jitter, the wobble this method is meant to cut)."""
+        """Small pose corrections."""
+        return self._pose_offsets(frame).pow(2).mean()
+
+    def _pose_smooth(self, frame: int) -> Tensor:
+        """Smooth pose corrections: their second difference with the neighbouring frames. Without it each
+        frame's correction is fitted on its own (from the ~10 steps that sample it) and the driven renders
+        wobble: German anchor, stability 0.256 with independent corrections vs 0.158 with none (TG 0.162)."""
         last = self.data.n_frames - 1
-        offset = self._pose_offsets(frame)
         neighbours = (self._pose_offsets(max(frame - 1, 0)) + self._pose_offsets(min(frame + 1, last))) / 2
-        return offset.pow(2).mean() + (offset - neighbours).pow(2).mean()
+        return (self._pose_offsets(frame) - neighbours).pow(2).mean()
 
     def _flametalk_loss(self, frame: int) -> Tensor:
         """Eq. 2 over ``batch_windows`` windows: the engine's frame and more drawn from the recipe's
