@@ -265,3 +265,21 @@ def test_both_pose_sources_place_the_mesh_alike(tiny_subject):
         assert float((a - b).norm(dim=-1).mean()) < 15.0
     with pytest.raises(TalksplatError, match="pose_source"):
         build_recipe(GaussianFlameTalk, tiny_subject, apply_overrides(base, {"pose_source": "wobbly"}))
+
+
+def test_pose_corrections_pose_training_frames_only(tiny_subject):
+    """A frame's learned pose correction moves the head in training renders; renders from conditions
+    (self-reenactment, new audio) use the cameras alone unless render_pose_corrections is set."""
+    recipe = _tiny(tiny_subject)
+    t = int(recipe.data.train_frames[0])
+    with torch.no_grad():
+        recipe.mesh.rotation_offset[t] = torch.tensor([0.0, 0.1, 0.0])     # about 6 degrees of yaw
+    expression = recipe.mesh.expression(t).detach()
+    trained = recipe.training_conditions(t, recipe.stages()[0])
+    with torch.no_grad():
+        corrected = recipe(View(t), trained)["image"]
+        plain = recipe(View(t), {"expression": expression})["image"]
+        recipe.cfg.render_pose_corrections = True
+        forced = recipe(View(t), {"expression": expression})["image"]
+    assert not torch.allclose(corrected, plain, atol=1e-3)
+    assert torch.equal(forced, corrected)
