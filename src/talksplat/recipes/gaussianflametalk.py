@@ -18,7 +18,9 @@ Gaussian avatar (GaussianAvatars-style binding; our implementation of the idea, 
   model's own per-frame poses, ``pose_source = "fit"``) composed with a learned per-frame rotation,
   translation and scale. The offsets are network
   parameters (groups ``mesh_expression`` and ``mesh_pose``), fine-tuned jointly with the Gaussians
-  and kept small by two regularisers.
+  and kept small (the pose corrections also smooth in time) by regularisers. The pose corrections
+  pose the training frames only: rendered, they replayed each source frame's residual and the head
+  wobbled (``render_pose_corrections``; docs/gaussianflametalk.md).
 - What the mesh does not cover: hair pixels off the mesh (beyond the scalp) are seeded as Gaussians
   bound rigidly to the head frame (``triangle = -1``: the per-frame model -> world transform, the
   same learned pose corrections, no expression); torso and neck come from the source frame's
