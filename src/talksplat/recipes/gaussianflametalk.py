@@ -57,11 +57,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from talksplat.core.labels import FACE_LABELS, HAIR, INSIDE_MOUTH, LIPS, NECK
+from talksplat.core.labels import FACE_LABELS, HAIR, INSIDE_MOUTH, NECK
 from talksplat.data.subject import FACE_MODEL_FILE, SubjectData
 from talksplat.engine.config import RecipeConfig
 from talksplat.engine.contract import Batch, Conditioner, Conditions, Recipe, Stage, View
-from talksplat.engine.losses import ssim
+from talksplat.engine.losses import mouth_box_l1, ssim
 from talksplat.errors import TalksplatError
 from talksplat.gaussians import rasterize
 from talksplat.gaussians.gaussian_set import DensifyConfig, GaussianSet
@@ -740,20 +740,6 @@ class GaussianFlameTalk(Recipe):
 
 
 # ====================================================================================== helpers
-MOUTH_BOX_PADDING_PX = 6
-
-
-def mouth_box_l1(image: Tensor, target: Tensor, labels: Tensor) -> Tensor:
-    """Mean |image - target| over the padded bounding box of the lips and mouth opening (0 if none)."""
-    ys, xs = torch.nonzero((labels == LIPS) | (labels == INSIDE_MOUTH), as_tuple=True)
-    if ys.numel() == 0:
-        return image.new_zeros(())
-    pad, size = MOUTH_BOX_PADDING_PX, labels.shape[0]
-    y0, y1 = max(int(ys.min()) - pad, 0), min(int(ys.max()) + pad + 1, size)
-    x0, x1 = max(int(xs.min()) - pad, 0), min(int(xs.max()) + pad + 1, size)
-    return (image[y0:y1, x0:x1] - target[y0:y1, x0:x1]).abs().mean()
-
-
 def _zbuffer_visible(uv: Tensor, depth: Tensor, size: int) -> Tensor:
     """Which projected points (N, 2 px) are within ZBUFFER_TOLERANCE_MM of the nearest point in their
     ZBUFFER_CELL_PX cell (and inside the image, in front of the camera)."""
