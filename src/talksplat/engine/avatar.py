@@ -89,12 +89,10 @@ class Avatar:
         """Frame ``frame`` from the subject's own audio and expressions (self-reconstruction)."""
         return self.recipe.render_own(int(frame))
 
-    @torch.no_grad()
     def canonical_gaussians(self) -> dict[str, dict[str, torch.Tensor]]:
         """Per Gaussian set, the undeformed Gaussians in the world (head) frame: ``means`` (N, 3),
         ``quats`` (N, 4, wxyz), ``scales`` (N, 3), ``opacities`` (N,), ``colors`` (N, C); for export."""
-        return {name: {k: v.detach().clone() for k, v in gaussians.activated().items()}
-                for name, gaussians in self.recipe.sets.items()}
+        return self.recipe.canonical_gaussians()
 
 
 def load_avatar(path: Path, recipes: Mapping[str, type[Recipe]], recipe: str | None = None,

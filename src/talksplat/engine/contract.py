@@ -151,6 +151,14 @@ class Recipe(nn.Module):
         """Recipe facts for the run summary."""
         return {}
 
+    @torch.no_grad()
+    def canonical_gaussians(self) -> dict[str, dict[str, Tensor]]:
+        """Per Gaussian set, the Gaussians ``forward(View(first training frame), None)`` draws, in the
+        world frame (for export): the sets' own parameters unless a recipe stores them otherwise
+        (e.g. relative to mesh triangles)."""
+        return {name: {k: v.detach().clone() for k, v in gaussians.activated().items()}
+                for name, gaussians in self.sets.items()}
+
     def num_gaussians(self) -> int:
         return sum(len(s) for s in self.sets.values())
 

@@ -644,6 +644,14 @@ class GaussianFlameTalk(Recipe):
         frames = self._gaussian_frames(gaussians.attrs["triangle"], frame, expression, corrected)
         return bind(dict(gaussians.params.items()), frames)
 
+    @torch.no_grad()
+    def canonical_gaussians(self) -> dict[str, dict[str, Tensor]]:
+        """The neutral template's Gaussians posed like the first training frame, in world coordinates
+        (the set's own parameters are relative to mesh triangles)."""
+        first = int(self.data.train_frames[0])
+        posed = self.posed_gaussians(first, torch.zeros(self.model.num_expressions), corrected=False)
+        return {SET_NAME: {k: v.detach().clone() for k, v in posed.items()}}
+
     def forward(self, view: View, conditions: Conditions | None, stage: Stage | None = None) -> dict:
         size, K = self.cfg.size, self.data.K
         w2c, backdrop = self.view_inputs(view)
