@@ -199,3 +199,23 @@ def test_non_finite_gaussians_are_culled_not_rendered():
     out, _ = _render(broken, "cpu")
     assert torch.isfinite(out.image).all() and torch.isfinite(out.alpha).all()
     assert not out.meta["visible"][:3].any()
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_cpu_kernel), "reference"])
+def test_without_depth_the_image_alpha_and_gradients_are_the_same(backend):
+    """``with_depth=False`` drops one composited channel; nothing else may change."""
+    scene = _small_scene(seed=3)
+    viewmat, K, width, height = scene.camera()
+    results = []
+    for with_depth in (True, False):
+        gaussians = [t.detach().clone().requires_grad_(True) for t in scene.gaussians()]
+        out = rasterize(*gaussians, viewmat, K, width, height, backend=backend, with_depth=with_depth)
+        assert (out.depth is None) == (not with_depth)
+        (out.image.square().sum() + out.alpha.sum()).backward()
+        results.append((out.image.detach(), out.alpha.detach(), [g.grad for g in gaussians]))
+    (image_d, alpha_d, grads_d), (image, alpha, grads) = results
+    torch.testing.assert_close(image, image_d, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(alpha, alpha_d, atol=1e-6, rtol=1e-5)
+    assert float(image.abs().sum()) > 0
+    for g, g_d in zip(grads, grads_d, strict=True):
+        torch.testing.assert_close(g, g_d, atol=1e-5, rtol=1e-4)

@@ -228,3 +228,24 @@ def test_canonical_gaussians_are_what_the_undeformed_render_draws(trained, tiny_
         transmittance = transmittance * (1.0 - out.alpha)
     expected = avatar.render(first, None)["head"]
     assert float((image - expected).abs().max()) < 1e-5
+
+
+def test_avatar_loaded_to_render_equals_the_recipe_built_for_training(trained, tiny_subject):
+    """``load_avatar`` builds the recipe with ``weights_from_checkpoint`` (it may skip seeding and
+    fitting that the checkpoint replaces): its renders must equal those of the recipe built in full, as
+    training builds it, with the same checkpoint restored."""
+    from talksplat.engine.trainer import restore
+
+    name, run, _ = trained
+    avatar = load_avatar(tiny_subject, run=run)
+    assert avatar.recipe.weights_from_checkpoint
+    ckpt = latest_checkpoint(run / "checkpoints")
+    tensors, cfg, _ = load_checkpoint(ckpt, recipe=name, config_type=RECIPES[name].Config)
+    engine = Engine(build_recipe(RECIPES[name], tiny_subject, cfg))
+    assert not engine.recipe.weights_from_checkpoint
+    restore(engine, tensors, ckpt, "retrain")
+    full = engine.recipe.eval()
+    for frame in (int(avatar.subject.train_frames[0]), int(avatar.subject.val_frames[0])):
+        with torch.no_grad():
+            expected = full.render_own(frame)["image"]
+        assert torch.equal(expected, avatar.render_own(frame)["image"]), name

@@ -21,7 +21,7 @@ import torch
 
 from talksplat.data.subject import SubjectData
 from talksplat.engine.checkpoint import latest_checkpoint, load_latest_valid, newest_readable_meta
-from talksplat.engine.contract import Conditioner, Conditions, Recipe, View
+from talksplat.engine.contract import Conditioner, Conditions, Recipe, View, building_to_load_weights
 from talksplat.engine.runs import check_fingerprint, resolve_run
 from talksplat.engine.trainer import Engine, build_recipe, restore
 from talksplat.errors import TalksplatError, UsageError
@@ -116,7 +116,8 @@ def load_avatar(path: Path, recipes: Mapping[str, type[Recipe]], recipe: str | N
     ckpt, tensors, cfg, meta = load_latest_valid(run_dir / "checkpoints", recipe=name, config_type=recipe_cls.Config)
     fix = f"retrain with `talksplat train {subject_dir} --recipe {name} --restart`"
     check_fingerprint(meta.get("subject") or {}, subject_dir, fix)
-    engine = Engine(build_recipe(recipe_cls, subject_dir, cfg))
+    with building_to_load_weights():
+        engine = Engine(build_recipe(recipe_cls, subject_dir, cfg))
     weights = {k: v for k, v in tensors.items() if "/adam/" not in k and not k.startswith("optim/")}
     restore(engine, weights, ckpt, fix)
     return Avatar(engine.recipe, RunInfo(subject_dir, run_dir, ckpt, int(meta["step"]), name))

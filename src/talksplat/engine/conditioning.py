@@ -63,19 +63,21 @@ class SpeechCondition(nn.Module):
     ``lipstate``: a ridge map from the audio window to the lip shape (features.lipstate), fitted in
     closed form on the training frames, then a small network with temporal attention; training feeds
     it the *tracked* lip states (teacher forcing, optionally with noise), rendering the states
-    *predicted* from audio. ``learned``: the paper-style AudioNet on the raw feature windows, trained
+    *predicted* from audio (``fit=False``: the map comes from a checkpoint; no training then). ``learned``: the paper-style AudioNet on the raw feature windows, trained
     end to end (it memorises short clips; docs/training.md).
     """
 
     def __init__(self, data, kind: str, lip_state: LipStateEncoderConfig, audio: AudioEncoderConfig,
-                 noise: float = 0.0, max_gain: float = 2.0) -> None:
+                 noise: float = 0.0, max_gain: float = 2.0, fit: bool = True) -> None:
         super().__init__()
         if kind not in SPEECH_CONDITIONS:
             raise ValueError(f"audio condition must be one of {SPEECH_CONDITIONS} (got {kind!r})")
         self.data, self.noise = data, noise
         self.lip_states: Tensor | None = None
         self.fit_summary: dict = {}
-        if kind == "lipstate":
+        if kind == "lipstate" and not fit:    # the fitted map is in the checkpoint (buffers)
+            self.encoder = LipStateEncoder(replace(lip_state, input_dim=int(np.prod(data.audio.shape[1:]))))
+        elif kind == "lipstate":
             self.encoder = self._fit_lip_state_encoder(lip_state, max_gain)
         else:
             self.encoder = AudioEncoder(replace(audio, window=int(data.audio.shape[1]), input_dim=int(data.audio.shape[2])))

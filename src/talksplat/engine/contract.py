@@ -19,12 +19,18 @@ A recipe (``talksplat/recipes/<paper>.py``) is configuration and composition of 
   ``config.losses.<name>`` and sums (a new term needs no engine change);
 - ``conditioner()``: an :class:`Conditioner` for rendering new audio (declares its look-ahead).
 
+A recipe built to receive a checkpoint's weights for rendering (``engine.avatar.load_avatar``) sees
+``self.weights_from_checkpoint`` True: it may skip initialisation that only produces starting values
+(seeding Gaussians from the frames, closed-form fits stored as weights), keeping every shape.
+
 The engine (``engine.trainer``) owns everything else: seeding, frame sampling, summing losses,
 optimizers, densification, held-out evaluation, previews, checkpoints and bitwise resume.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
@@ -38,6 +44,26 @@ from talksplat.data.subject import SubjectData
 from talksplat.engine.config import RecipeConfig
 
 Conditions = dict[str, Tensor]
+
+_WEIGHTS_FROM_CHECKPOINT = contextvars.ContextVar("talksplat_weights_from_checkpoint", default=False)
+
+
+@contextlib.contextmanager
+def building_to_load_weights():
+    """Recipes built inside this get their weights from a checkpoint at once, to render (not to
+    train on): loading an avatar then skips seconds of fitting whose results the checkpoint replaces."""
+    token = _WEIGHTS_FROM_CHECKPOINT.set(True)
+    try:
+        yield
+    finally:
+        _WEIGHTS_FROM_CHECKPOINT.reset(token)
+
+
+def placeholder_points(n: int = 4) -> tuple[Tensor, Tensor]:
+    """Distinct points and grey colours standing in for seeded Gaussians whose parameters a
+    checkpoint is about to replace (any number of Gaussians restores)."""
+    points = torch.eye(max(n, 4), 3, dtype=torch.float32) + torch.arange(max(n, 4), dtype=torch.float32)[:, None]
+    return points, torch.full((len(points), 3), 0.5)
 
 
 @dataclass(frozen=True)
@@ -112,6 +138,7 @@ class Recipe(nn.Module):
         super().__init__()
         self.data, self.cfg, self.rng = data, cfg, rng
         self.sets = nn.ModuleDict()
+        self.weights_from_checkpoint = _WEIGHTS_FROM_CHECKPOINT.get()
 
     # ------------------------------------------------------------------ declared by every recipe
     def stages(self) -> list[Stage]:

@@ -81,14 +81,37 @@ class Engine:
         self.stages = recipe.stages()
         self.total = total_iterations(self.stages)
         self.image_size = (recipe.cfg.size, recipe.cfg.size)
-        self.network_optimizers: dict[str, torch.optim.Adam] = {}
+        self._network_groups: dict[str, dict] = {}
         for group in recipe.network_param_groups():
-            if group["name"] in self.network_optimizers:
+            if group["name"] in self._network_groups:
                 raise ValueError(f"network parameter group {group['name']!r} is declared twice")
+            self._network_groups[group["name"]] = {**group, "params": list(group["params"])}
+        self._network_optimizers: dict[str, torch.optim.Adam] | None = None
+        self._pending_optim: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
+        self.samplers = {stage.name: recipe.sampler(stage) for stage in self.stages}
+
+    @property
+    def network_optimizers(self) -> dict[str, torch.optim.Adam]:
+        """One Adam per network group, made on first use (as GaussianSet's: an avatar loaded only to
+        render never builds an optimizer, whose first construction imports torch._dynamo)."""
+        if self._network_optimizers is None:
             # eps 1e-15 as in 3DGS; one Adam per group (Adam is per parameter, so this equals one
             # optimizer with several groups) lets a stage train any subset of the groups.
-            self.network_optimizers[group["name"]] = torch.optim.Adam(list(group["params"]), lr=group["lr"], eps=1e-15)
-        self.samplers = {stage.name: recipe.sampler(stage) for stage in self.stages}
+            self._network_optimizers = {name: torch.optim.Adam(group["params"], lr=group["lr"], eps=1e-15)
+                                        for name, group in self._network_groups.items()}
+            for name, states in self._pending_optim.items():
+                params = self._network_groups[name]["params"]
+                for i, state in states.items():
+                    self._network_optimizers[name].state[params[i]] = state
+            self._pending_optim = {}
+        return self._network_optimizers
+
+    def _network_adam_states(self, group: str) -> dict[int, dict[str, torch.Tensor]]:
+        if self._network_optimizers is None:
+            return self._pending_optim.get(group, {})
+        optimizer = self._network_optimizers[group]
+        return {i: optimizer.state[p] for i, p in enumerate(optimizer.param_groups[0]["params"])
+                if p in optimizer.state}
 
     def stage(self, step: int) -> Stage:
         return stage_at(self.stages, step)[0]
@@ -140,10 +163,9 @@ class Engine:
         for key, value in recipe.state_dict().items():
             if not key.startswith("sets."):
                 tensors[f"modules/{key}"] = value
-        for group, optimizer in self.network_optimizers.items():
-            params = optimizer.param_groups[0]["params"]
-            for i, p in enumerate(params):
-                for key, value in optimizer.state.get(p, {}).items():
+        for group in self._network_groups:
+            for i, state in self._network_adam_states(group).items():
+                for key, value in state.items():
                     tensors[f"optim/{group}/{i}/{key}"] = torch.as_tensor(value)
         tensors["rng/torch"] = torch.get_rng_state()
         tensors["rng/numpy"] = torch.tensor(_numpy_rng_words(recipe.rng), dtype=torch.int64)
@@ -159,13 +181,20 @@ class Engine:
         missing = [k for k in missing if not k.startswith("sets.")]
         if missing or unexpected:
             raise KeyError(f"network weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
-        for group, optimizer in self.network_optimizers.items():
-            optimizer.state.clear()
-            for i, p in enumerate(optimizer.param_groups[0]["params"]):
+        for group, spec in self._network_groups.items():
+            states = {}
+            for i in range(len(spec["params"])):
                 state = {k.rsplit("/", 1)[1]: v.clone() for k, v in tensors.items()
                          if k.startswith(f"optim/{group}/{i}/")}
                 if state:
-                    optimizer.state[p] = state
+                    states[i] = state
+            if self._network_optimizers is None:
+                self._pending_optim[group] = states
+                continue
+            optimizer = self._network_optimizers[group]
+            optimizer.state.clear()
+            for i, state in states.items():
+                optimizer.state[optimizer.param_groups[0]["params"][i]] = state
         torch.set_rng_state(tensors["rng/torch"])
         _restore_numpy_rng(recipe.rng, tensors["rng/numpy"])
 

@@ -142,14 +142,19 @@ class MotionField(nn.Module):
                         extra: Tensor | None = None) -> Deformation:
         """Inference: the grid encoding, the attention vectors and the encoding's share of the first
         layer depend only on the (fixed) canonical positions, so they are computed once; per frame
-        only the conditions' share and the remaining layers run. Same result as the training path."""
+        only the conditions' share and the remaining layers run. Same function as the training path
+        (up to float rounding): (attention * c) @ W.T == attention @ (W * c).T, so the per-frame work
+        on the N Gaussians is one fused multiply-add instead of scaling, multiplying and adding."""
         static = self._static_part(canonical_means)
         weight = self.head[0].weight
         cfg, enc_dim = self.config, self.encoding.output_dim
-        a0, e0, x0 = enc_dim, enc_dim + cfg.audio_dim, enc_dim + cfg.audio_dim + cfg.expression_dim
-        hidden = static["projected"] + _weighted(audio, static.get("audio_attention")) @ weight[:, a0:e0].T
-        if cfg.expression_dim:
-            hidden = hidden + _weighted(expression, static.get("expression_attention")) @ weight[:, e0:x0].T
+        x0 = enc_dim + cfg.audio_dim + cfg.expression_dim
+        conditions = torch.cat([audio, expression]) if cfg.expression_dim else audio
+        condition_weight = weight[:, enc_dim:x0]
+        if "attention" in static:
+            hidden = torch.addmm(static["projected"], static["attention"], (condition_weight * conditions).T)
+        else:
+            hidden = static["projected"] + conditions @ condition_weight.T
         if cfg.extra_dim:
             hidden = hidden + extra @ weight[:, x0:].T
         raw = self.head[1:](hidden)
@@ -166,9 +171,11 @@ class MotionField(nn.Module):
         first = self.head[0]
         static = {"projected": encoded @ first.weight[:, :encoded.shape[1]].T + first.bias}
         if self.audio_attention is not None:
-            static["audio_attention"] = self.audio_attention(encoded)
-        if self.expression_attention is not None:
-            static["expression_attention"] = self.expression_attention(encoded)
+            # audio then expression attention side by side, in the order of the first layer's inputs
+            parts = [self.audio_attention(encoded)]
+            if self.expression_attention is not None:
+                parts.append(self.expression_attention(encoded))
+            static["attention"] = torch.cat(parts, dim=1).contiguous()
         self._inference_cache = (key, static)
         return static
 
@@ -178,12 +185,12 @@ class MotionField(nn.Module):
 
     def _split(self, raw: Tensor, n: int) -> Deformation:
         parts = dict(zip(self.config.outputs, raw.split([DEFORM_OUTPUTS[o] for o in self.config.outputs], -1)))
-        zeros = {name: raw.new_zeros(n, dim) for name, dim in DEFORM_OUTPUTS.items()}
-        return Deformation(d_means=parts.get("position", zeros["position"]) * self.position_unit,
-                           d_log_scales=parts.get("scale", zeros["scale"]),
-                           d_quats=parts.get("rotation", zeros["rotation"]),
-                           d_colors=parts.get("color", zeros["color"]),
-                           d_opacity_logits=parts.get("opacity", zeros["opacity"])[:, 0])
+        for name, dim in DEFORM_OUTPUTS.items():
+            if name not in parts:
+                parts[name] = raw.new_zeros(n, dim)
+        return Deformation(d_means=parts["position"] * self.position_unit, d_log_scales=parts["scale"],
+                           d_quats=parts["rotation"], d_colors=parts["color"],
+                           d_opacity_logits=parts["opacity"][:, 0])
 
     def region_attention(self, canonical_means: Tensor) -> dict[str, Tensor]:
         """Per-Gaussian attention magnitudes (for visualising which regions follow which signal);

@@ -23,14 +23,15 @@ def status() -> NativeStatus:
 
 
 def rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width, height, background, *,
-                     near_plane, far_plane, eps2d) -> tuple:
+                     near_plane, far_plane, eps2d, with_depth: bool = True) -> tuple:
     """gsplat's rasterization as (image, alpha, depth, meta); ``rasterize`` wraps it in its
     ``RenderResult`` (a plain tuple here keeps this backend below ``rasterize``: no import cycle)."""
     import gsplat
 
     renders, alphas, info = gsplat.rasterization(
         means, quats, scales, opacities, colors, viewmat[None], K[None], width, height,
-        near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, render_mode="RGB+D", packed=False)
+        near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, render_mode="RGB+D" if with_depth else "RGB",
+        packed=False)
     channels = colors.shape[1]
     alpha = alphas[0]
     image = renders[0, ..., :channels]
@@ -42,4 +43,4 @@ def rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width,
             "depths": info["depths"][0], "conics": info["conics"][0],
             "tiles_per_gaussian": info["tiles_per_gauss"][0], "n_isects": int(info["isect_ids"].numel()),
             "backend": "gsplat"}
-    return image, alpha, renders[0, ..., channels:], meta
+    return image, alpha, renders[0, ..., channels:] if with_depth else None, meta

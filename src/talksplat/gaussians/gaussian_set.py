@@ -44,7 +44,9 @@ class GaussianSet(nn.Module):
                  densify: DensifyConfig, attrs: dict[str, Tensor] | None = None) -> None:
         super().__init__()
         self.params = init_params(points, colors, GaussianInitConfig(learning_rates=learning_rates))
-        self.optimizers = make_optimizers(self.params, learning_rates)
+        self._learning_rates = learning_rates
+        self._optimizers: dict[str, torch.optim.Adam] | None = None
+        self._pending_adam: dict[str, dict[str, Tensor]] = {}   # restored moments, until the optimizers exist
         extent = float((points.max(0).values - points.min(0).values).max()) if len(points) else 1.0
         self.strategy = DensifyStrategy(max_gaussians=densify.max_gaussians, scene_extent=extent,
                                         refine_start=densify.refine_start, refine_every=densify.refine_every,
@@ -56,6 +58,22 @@ class GaussianSet(nn.Module):
 
     def __len__(self) -> int:
         return int(self.params["means"].shape[0])
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Adam]:
+        """One Adam per parameter, made on first use: the first optimizer a process builds imports
+        torch._dynamo (seconds), which an avatar loaded only to render never needs."""
+        if self._optimizers is None:
+            self._optimizers = make_optimizers(self.params, self._learning_rates)
+            for name, state in self._pending_adam.items():
+                self._optimizers[name].state[self.params[name]] = state
+            self._pending_adam = {}
+        return self._optimizers
+
+    def _adam_state(self, name: str) -> dict[str, Tensor]:
+        if self._optimizers is None:
+            return self._pending_adam.get(name, {})
+        return self._optimizers[name].state.get(self.params[name], {})
 
     def set_attr(self, name: str, value: Tensor) -> None:
         if value.shape[0] != len(self):
@@ -87,7 +105,7 @@ class GaussianSet(nn.Module):
         tensors: dict[str, Tensor] = {}
         for name, p in self.params.items():
             tensors[f"{prefix}/params/{name}"] = p.detach()
-            for key, value in self.optimizers[name].state.get(p, {}).items():
+            for key, value in self._adam_state(name).items():
                 tensors[f"{prefix}/adam/{name}/{key}"] = torch.as_tensor(value)
         for key in DENSIFY_STATE_KEYS:
             value = getattr(self.densify_state, key)
@@ -111,11 +129,16 @@ class GaussianSet(nn.Module):
                 raise ValueError(f"{prefix}/params/{name} has {value.shape[0]} rows, other parameters {n}")
             p = nn.Parameter(value.clone())
             self.params[name] = p
-            optimizer = self.optimizers[name]
-            optimizer.param_groups[0]["params"] = [p]
-            optimizer.state.clear()
             state = {key.rsplit("/", 1)[1]: v.clone() for key, v in tensors.items()
                      if key.startswith(f"{prefix}/adam/{name}/")}
+            if self._optimizers is None:
+                self._pending_adam.pop(name, None)
+                if state:
+                    self._pending_adam[name] = state
+                continue
+            optimizer = self._optimizers[name]
+            optimizer.param_groups[0]["params"] = [p]
+            optimizer.state.clear()
             if state:
                 optimizer.state[p] = state
         for key in DENSIFY_STATE_KEYS:

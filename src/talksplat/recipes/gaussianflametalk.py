@@ -666,7 +666,8 @@ class GaussianFlameTalk(Recipe):
         # error); rendering (self-reenactment, new audio) poses the head by the cameras alone unless
         # render_pose_corrections: the corrections reproduce each source frame's residual, which wobbled.
         corrected = self.cfg.render_pose_corrections or (conditions is not None and CORRECTED_POSE in conditions)
-        out = rasterize(*self.posed_gaussians(view.frame, expression, corrected).values(), w2c, K, size, size)
+        out = rasterize(*self.posed_gaussians(view.frame, expression, corrected).values(), w2c, K, size, size,
+                        with_depth=False)
         return {"image": out.image + (1.0 - out.alpha) * backdrop, "alpha": out.alpha, "head": out.image,
                 "metas": {SET_NAME: out.meta}}
 

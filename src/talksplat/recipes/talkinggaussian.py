@@ -30,7 +30,7 @@ from talksplat.data.samplers import IncrementalSamplingConfig, make_sampler
 from talksplat.data.subject import SubjectData
 from talksplat.engine.conditioning import SPEECH_CONDITIONS, AudioExpressionConditioner, SpeechCondition
 from talksplat.engine.config import RecipeConfig
-from talksplat.engine.contract import Batch, Conditions, Recipe, Stage, View
+from talksplat.engine.contract import Batch, Conditions, Recipe, Stage, View, placeholder_points
 from talksplat.engine.losses import mouth_box_l1, ssim
 from talksplat.fields.hashgrid import HashGridConfig
 from talksplat.fields.motion import (
@@ -139,7 +139,10 @@ class TalkingGaussian(Recipe):
         lrs = GaussianLearningRates(means=cfg.lr_means_px * depth / float(data.K[0, 0]))
         densify = DensifyConfig(refine_every=cfg.refine_every, refine_start=cfg.refine_every * 2,
                                 refine_stop=cfg.iterations.static + cfg.iterations.motion // 2)
-        face_pts, face_cols, mouth_pts, mouth_cols = seed_points(data, cfg.face_points, cfg.mouth_points, rng)
+        if self.weights_from_checkpoint:
+            face_pts, face_cols = mouth_pts, mouth_cols = placeholder_points()
+        else:
+            face_pts, face_cols, mouth_pts, mouth_cols = seed_points(data, cfg.face_points, cfg.mouth_points, rng)
         face_motion = replace(cfg.face_motion, outputs=("color", "opacity")) if cfg.appearance_modification \
             else cfg.face_motion
         self.sets["face"] = GaussianSet(face_pts, face_cols, lrs, replace(densify, max_gaussians=cfg.max_face_gaussians))
@@ -150,7 +153,7 @@ class TalkingGaussian(Recipe):
                                              replace(densify, max_gaussians=cfg.max_mouth_gaussians))
             self.mouth_motion = _motion_field(cfg.mouth_motion, mouth_pts)
         self.audio = SpeechCondition(data, cfg.audio_condition, cfg.lip_state, cfg.audio, cfg.lip_state_noise,
-                                     cfg.lip_state_max_gain)
+                                     cfg.lip_state_max_gain, fit=not self.weights_from_checkpoint)
 
     # ---------------------------------------------------------------------------------- structure
     def stages(self) -> list[Stage]:
@@ -206,16 +209,17 @@ class TalkingGaussian(Recipe):
     def forward(self, view: View, conditions: Conditions | None, stage: Stage | None = None) -> dict:
         size, K = self.cfg.size, self.data.K
         w2c, backdrop = self.view_inputs(view)
-        face = rasterize(*self._deformed("face", conditions).values(), w2c, K, size, size)
+        face = rasterize(*self._deformed("face", conditions).values(), w2c, K, size, size, with_depth=False)
         image, transmittance = face.image, 1.0 - face.alpha
         metas = {"face": face.meta}
         if "mouth" in self.sets:
-            mouth = rasterize(*self._deformed("mouth", conditions).values(), w2c, K, size, size)
-            image = image + transmittance * mouth.image
-            transmittance = transmittance * (1.0 - mouth.alpha)
+            mouth = rasterize(*self._deformed("mouth", conditions).values(), w2c, K, size, size, with_depth=False)
+            # front to back: one fused multiply-add per image (a 512^2 frame makes each pass count)
+            image = torch.addcmul(image, transmittance, mouth.image)
+            transmittance = torch.addcmul(transmittance, transmittance, mouth.alpha, value=-1.0)
             metas["mouth"] = mouth.meta
         # "head": premultiplied head colour, to composite the same render over another backdrop.
-        return {"image": image + transmittance * backdrop, "alpha": 1.0 - transmittance, "head": image,
+        return {"image": torch.addcmul(image, transmittance, backdrop), "alpha": 1.0 - transmittance, "head": image,
                 "metas": metas}
 
     # ---------------------------------------------------------------------------------- training

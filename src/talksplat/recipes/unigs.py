@@ -37,7 +37,7 @@ from talksplat.core.labels import BACKGROUND, HAIR, INSIDE_MOUTH, LIPS, NECK, TO
 from talksplat.data.subject import SubjectData
 from talksplat.engine.conditioning import SPEECH_CONDITIONS, AudioExpressionConditioner, SpeechCondition
 from talksplat.engine.config import RecipeConfig
-from talksplat.engine.contract import Batch, Conditions, Recipe, Stage, View
+from talksplat.engine.contract import Batch, Conditions, Recipe, Stage, View, placeholder_points
 from talksplat.engine.losses import ssim
 from talksplat.features.expression import CORE_NAMES
 from talksplat.fields.hashgrid import HashGridConfig
@@ -180,7 +180,8 @@ class UniGS(Recipe):
         densify = DensifyConfig(max_gaussians=cfg.max_gaussians, refine_every=cfg.refine_every,
                                 refine_start=cfg.refine_every * 2,
                                 refine_stop=cfg.iterations.static + cfg.iterations.deform // 2)
-        points, colors = cube_points(data, cfg.init_points, cfg.cube_scale, rng)
+        points, colors = placeholder_points() if self.weights_from_checkpoint else \
+            cube_points(data, cfg.init_points, cfg.cube_scale, rng)
         self.sets[SET_NAME] = GaussianSet(points, colors, lrs, densify)
         with torch.no_grad():   # before any optimizer step: Adam has no state to keep in step
             self.sets[SET_NAME].params["log_scales"].add_(math.log(cfg.init_scale))
@@ -189,7 +190,7 @@ class UniGS(Recipe):
         self.register_buffer("pose_mean", mean)
         self.register_buffer("pose_std", std)
         self.audio = SpeechCondition(data, cfg.audio_condition, cfg.lip_state, cfg.audio, cfg.lip_state_noise,
-                                     cfg.lip_state_max_gain)
+                                     cfg.lip_state_max_gain, fit=not self.weights_from_checkpoint)
 
     # ---------------------------------------------------------------------------------- structure
     def stages(self) -> list[Stage]:
@@ -240,7 +241,7 @@ class UniGS(Recipe):
         # pass another backdrop explicitly).
         backdrop = self.data.background if view.backdrop is None else view.backdrop
         gaussians, deformation = self._deformed(conditions, w2c)
-        out = rasterize(*gaussians.values(), w2c, K, size, size)
+        out = rasterize(*gaussians.values(), w2c, K, size, size, with_depth=False)
         return {"image": out.image + (1.0 - out.alpha) * backdrop, "alpha": out.alpha, "head": out.image,
                 "metas": {SET_NAME: out.meta}, "deformation": deformation}
 
