@@ -88,3 +88,23 @@ def test_inference_cache_matches_the_training_path_and_follows_parameter_updates
     field.train()
     torch.testing.assert_close(changed.d_means, field(means, audio, expr).d_means.detach(), atol=1e-5, rtol=1e-4)
     assert not torch.allclose(changed.d_means, cached.d_means)
+
+
+def test_inference_cache_matches_the_training_path_with_per_gaussian_conditions():
+    """Conditions may differ per Gaussian (SyncTalk++ masks audio and expression by face region):
+    the cached inference path must give the training path's deformation for them too."""
+    torch.manual_seed(2)
+    field = _field()
+    for p in field.head.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    means = torch.rand(150, 3) * 0.2 + torch.tensor([-0.1, -0.1, 1.9])
+    lower = (means[:, 1] > means[:, 1].median()).float()[:, None]
+    audio, expr = lower * torch.randn(32), (1.0 - lower) * torch.rand(7)
+    for a, e in ((audio, expr), (audio, torch.rand(7))):     # both per Gaussian; one per Gaussian
+        reference = field(means, a, e)
+        field.eval()
+        with torch.no_grad():
+            cached = field(means, a, e)
+        field.train()
+        torch.testing.assert_close(cached.d_means, reference.d_means.detach(), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(cached.d_log_scales, reference.d_log_scales.detach(), atol=1e-5, rtol=1e-4)

@@ -149,10 +149,16 @@ class MotionField(nn.Module):
         weight = self.head[0].weight
         cfg, enc_dim = self.config, self.encoding.output_dim
         x0 = enc_dim + cfg.audio_dim + cfg.expression_dim
-        conditions = torch.cat([audio, expression]) if cfg.expression_dim else audio
+        parts = [audio, expression] if cfg.expression_dim else [audio]
+        if any(part.ndim == 2 for part in parts):     # per-Gaussian conditions (e.g. masked by region)
+            n = static["projected"].shape[0]
+            parts = [part.expand(n, -1) if part.ndim == 1 else part for part in parts]
+        conditions = torch.cat(parts, dim=-1)
         condition_weight = weight[:, enc_dim:x0]
-        if "attention" in static:
+        if "attention" in static and conditions.ndim == 1:
             hidden = torch.addmm(static["projected"], static["attention"], (condition_weight * conditions).T)
+        elif "attention" in static:
+            hidden = static["projected"] + (static["attention"] * conditions) @ condition_weight.T
         else:
             hidden = static["projected"] + conditions @ condition_weight.T
         if cfg.extra_dim:
