@@ -150,6 +150,14 @@ def run_worker(rank: int, world: int, init_method: str, spec: LaunchSpec) -> Non
         dist.destroy_process_group()
 
 
+def select_trainable(groups: list[dict], stage: Stage) -> None:
+    """Only the stage's groups require gradients: a frozen part (e.g. a renderer the motion stage
+    backpropagates through) gets no gradient to compute or all-reduce."""
+    for group in groups:
+        for p in group["params"]:
+            p.requires_grad_(group["name"] in stage.trains)
+
+
 # ------------------------------------------------------------------------------------ the loop
 class DistributedPretrainer:
     """The loop in one process: DDP forward/backward, the stage's optimizers, logs and checkpoints."""
@@ -165,6 +173,7 @@ class DistributedPretrainer:
         self.total = total_iterations(job.stages)
         self.seconds = 0.0
         self.timed = {"steps": 0, "seconds": 0.0}
+        self._trainable_for: Stage | None = None
 
     @property
     def is_main(self) -> bool:
@@ -202,6 +211,9 @@ class DistributedPretrainer:
         dist.barrier()
 
     def train_step(self, step: int, stage: Stage) -> dict[str, float]:
+        if stage is not self._trainable_for:
+            select_trainable(self.job.model.param_groups(), stage)
+            self._trainable_for = stage
         b = self.spec.batch_size
         items = self.job.draw(step, b * self.world)[self.rank * b:(self.rank + 1) * b]
         terms = self.ddp([self.job.make(item) for item in items], stage.name)
