@@ -181,6 +181,8 @@ class DistributedPretrainer:
 
     def run(self) -> None:
         start = self.resume()
+        if start >= self.total and (self.out / SUMMARY_JSON).is_file():
+            return          # already complete: its summary stands
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / CONFIG_JSON).write_text(json.dumps(dataclasses.asdict(self.spec.config), indent=1))
