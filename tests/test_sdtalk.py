@@ -231,3 +231,24 @@ def test_resuming_with_other_settings_is_refused(two_process_model, identities, 
                  "--set", "losses.lip=3"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "losses.lip" in err and "--restart" in err and len(err.splitlines()) == 1
+
+
+@torch.no_grad()
+def test_inference_shortcuts_give_the_training_path_result(identities):
+    cfg = tiny_config()
+    job = sdtalk.build_job([str(identities)], cfg)
+    model = job.model.eval()
+    with torch.no_grad():
+        for p in model.parameters():      # motion heads start at zero: give them something to do
+            p.add_(torch.randn_like(p) * 0.01)
+    sample = job.make(job.draw(0, 1)[0])
+    codes = model.audio_codes(sample.audio)
+    for t in (0, 5, len(sample.audio) - 1):
+        torch.testing.assert_close(model.audio_code(sample.audio, t, codes), model.audio_code(sample.audio, t))
+    lifted = model.lift(sample.source)
+    code = model.audio_code(sample.audio, 5)
+    first = model.drive(lifted, code).visible["means"]
+    model.train()                              # the uncached path
+    torch.testing.assert_close(model.drive(sdtalk.Lifted(lifted.visible, lifted.completion), code).visible["means"],
+                               first)
+    assert not torch.equal(first, lifted.visible["means"])

@@ -57,7 +57,15 @@ from talksplat.engine.distributed import PretrainJob
 from talksplat.engine.losses import mouth_box_l1, ssim
 from talksplat.errors import TalksplatError, UsageError
 from talksplat.fields.hashgrid import HashGridConfig
-from talksplat.fields.motion import AudioEncoder, AudioEncoderConfig, MotionField, MotionFieldConfig, mlp
+from talksplat.fields.motion import (
+    AudioEncoder,
+    AudioEncoderConfig,
+    MotionField,
+    MotionFieldConfig,
+    attention_pool,
+    mlp,
+    temporal_window,
+)
 from talksplat.gaussians import rasterize
 
 NAME = "sdtalk"
@@ -362,6 +370,9 @@ class Lifted:
 
     visible: dict[str, Tensor]
     completion: dict[str, Tensor]
+    # The motion fields' inputs (means clamped into their box), made once per lifted image: at
+    # inference the fields cache their grid encoding for an unchanged input tensor.
+    motion_inputs: tuple[Tensor, Tensor] | None = None
 
 
 class SDTalkModel(nn.Module):
@@ -465,17 +476,29 @@ class SDTalkModel(nn.Module):
                 "features": out[:, 11:]}
 
     # ------------------------------------------------------------------------------ motion
-    def audio_code(self, audio: Tensor, frame: int) -> Tensor:
-        return self.audio_encoder(audio, frame)
+    def audio_code(self, audio: Tensor, frame: int, codes: Tensor | None = None) -> Tensor:
+        """The smoothed audio code of ``frame``; ``codes`` (``audio_codes(audio)``, at inference) saves
+        re-encoding the neighbouring windows every frame (the same result)."""
+        if codes is None:
+            return self.audio_encoder(audio, frame)
+        idx = temporal_window(frame, codes.shape[0], self.cfg.audio.smoothing_frames)
+        return attention_pool(codes[idx], self.audio_encoder.attention)
+
+    def audio_codes(self, audio: Tensor) -> Tensor:
+        """Every frame's unsmoothed code (T, code): encoded once for a whole clip."""
+        return self.audio_encoder.encode(audio)
 
     def drive(self, lifted: Lifted, audio_code: Tensor | None) -> Lifted:
         """The lifted Gaussians moved by the coarse (visible) and fine (completion) motion fields."""
         if audio_code is None:
             return lifted
         box = self.cfg.motion_box_mm
+        if lifted.motion_inputs is None:
+            lifted.motion_inputs = (lifted.visible["means"].clamp(-box, box), lifted.completion["means"].clamp(-box, box))
         moved = []
-        for gaussians, motion in ((lifted.visible, self.coarse), (lifted.completion, self.fine)):
-            d = motion(gaussians["means"].clamp(-box, box), audio_code)
+        for gaussians, motion, inputs in ((lifted.visible, self.coarse, lifted.motion_inputs[0]),
+                                          (lifted.completion, self.fine, lifted.motion_inputs[1])):
+            d = motion(inputs, audio_code)
             moved.append({"means": gaussians["means"] + d.d_means,
                           "log_scales": gaussians["log_scales"] + d.d_log_scales,
                           "quats": gaussians["quats"] + d.d_quats,

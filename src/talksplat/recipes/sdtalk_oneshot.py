@@ -122,8 +122,9 @@ def driven_cameras(source_w2c: Tensor, driver_w2c: Tensor | None, n_frames: int)
 def render_frames(model: SDTalkModel, source: SourceFrame, audio: Tensor, cameras: Tensor) -> Iterator[np.ndarray]:
     """(S, S, 3) uint8 frames: the source's Gaussians lifted once, driven by ``audio`` windows (T, window, D)."""
     lifted = model.lift(source)
+    codes = model.audio_codes(audio)
     for t in range(len(cameras)):
-        code = model.audio_code(audio, t)
+        code = model.audio_code(audio, t, codes)
         image = model.render(model.drive(lifted, code), cameras[t], source.K)["image"]
         yield (image.clamp(0, 1) * 255).round().byte().numpy()
 
