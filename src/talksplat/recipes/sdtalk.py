@@ -21,7 +21,10 @@ The model (the paper's Sec. 3, at CPU sizes):
   learnable per-vertex weights concatenated with the image's global feature -> MLP -> a Gaussian at
   each vertex (offset, scale, rotation, opacity, feature).
 - Features of both sets are rasterized together (the rasterizer takes any number of channels) and a
-  small convolutional **neural renderer** decodes them (with the alpha) to RGB.
+  small convolutional **neural renderer** decodes them (with the alpha) to RGB. The visible
+  Gaussians' first three feature channels carry the source colour under their cell (+ a residual)
+  and the renderer adds a learned correction to their splat (a direct colour path; see
+  ``COLOUR_CHANNELS``).
 - **Dual-branch motion**: a coarse motion field on the visible set and a fine one on the completion
   set, each a tri-plane hash grid concatenated with the audio code -> delta position, log-scale,
   rotation and opacity (``fields.motion.MotionField``); the audio code is ``AudioEncoder`` on the
@@ -134,6 +137,8 @@ class SDTalkConfig(RecipeConfig):
         stride = self.plane_stride
         if stride < 1 or stride & (stride - 1) or self.size % stride or self.size // stride < 4:
             raise ValueError("plane_stride must be a power of two dividing size, leaving a plane >= 4 cells")
+        if self.feature_dim < COLOUR_CHANNELS:
+            raise ValueError(f"feature_dim must be >= {COLOUR_CHANNELS} (its first channels carry colour)")
         positive = ("batch_size", "encoder_channels", "feature_dim", "completion_points", "completion_weight_dim",
                     "lifting_points", "renderer_channels", "checkpoint_every")
         for name in positive:
@@ -347,20 +352,28 @@ class DINOv2Encoder(nn.Module):
 
 # Per lifted Gaussian: lift distance, log-scale (3), rotation (4), opacity, feature.
 LIFT_PARAMS = 1 + 3 + 4 + 1
+# The first feature channels of a visible Gaussian carry the source image's colour under its plane
+# cell (plus a predicted residual), and the neural renderer starts from their splat: identity and
+# texture reach the output through this direct path instead of having to be learned from few
+# identities (the lifted features of one-shot Gaussian avatars are likewise sampled from the image).
+COLOUR_CHANNELS = 3
 
 
 class NeuralRenderer(nn.Module):
-    """Rasterized features + alpha (H, W, F + 1) -> RGB (H, W, 3)."""
+    """Rasterized features + alpha (H, W, F + 1) -> RGB (H, W, 3): the first three feature channels
+    (the splatted colour, see ``COLOUR_CHANNELS``) plus a learned correction, zero at the start."""
 
     def __init__(self, feature_dim: int, channels: int) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Conv2d(feature_dim + 1, channels, 3, padding=1), nn.ReLU(),
                                  nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
                                  nn.Conv2d(channels, 3, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, features: Tensor, alpha: Tensor) -> Tensor:
         x = torch.cat([features, alpha], dim=-1).permute(2, 0, 1)[None]
-        return torch.sigmoid(self.net(x))[0].permute(1, 2, 0)
+        return features[..., :COLOUR_CHANNELS] + self.net(x)[0].permute(1, 2, 0)
 
 
 @dataclass
@@ -460,7 +473,14 @@ class SDTalkModel(nn.Module):
                 "log_scales": (torch.log(cell_mm * 0.6) + 2.0 * torch.tanh(raw[..., 1:4])).reshape(-1, 3),
                 "quats": quats.reshape(-1, 4),
                 "opacity_logits": (raw[..., 8] + 2.0).reshape(-1),
-                "features": raw[..., LIFT_PARAMS:].reshape(-1, cfg.feature_dim)}
+                "features": self._with_source_colour(raw[..., LIFT_PARAMS:], source.image).reshape(-1, cfg.feature_dim)}
+
+    def _with_source_colour(self, features: Tensor, image: Tensor) -> Tensor:
+        """(P*P, 2, F) predicted features with the plane cell's mean source colour added to the first
+        ``COLOUR_CHANNELS``."""
+        stride = self.cfg.plane_stride
+        colour = F.avg_pool2d(image.permute(2, 0, 1)[None], stride)[0].permute(1, 2, 0).reshape(-1, 1, 3)
+        return torch.cat([features[..., :COLOUR_CHANNELS] + colour, features[..., COLOUR_CHANNELS:]], dim=-1)
 
     def _complete(self, pooled: Tensor, vertices: Tensor) -> dict[str, Tensor]:
         """A Gaussian at each mouth/eye vertex from its learnable weights and the global feature."""
