@@ -38,10 +38,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
 import numpy as np
 import torch
 from _machine import machine_info
+
+import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
 
 RESULTS = Path(__file__).parent / "results" / "sdtalk.json"
 WARMUP = 2
@@ -160,7 +161,7 @@ def loo(args: argparse.Namespace) -> dict:
     for t, w2c in zip(frames, cameras):
         driven.append(model.render(model.drive(lifted, model.audio_code(data.audio, t, codes)), w2c, source.K)["image"])
         still_recon.append(model.render(lifted, w2c, source.K)["image"])
-    as_uint8 = lambda images: [(im.clamp(0, 1) * 255).round().byte().numpy() for im in images]  # noqa: E731
+    as_uint8 = lambda images: [(im.clamp(0, 1) * 255).round().byte().numpy() for im in images]
     held = [(data.image(0).numpy() * 255).round().astype(np.uint8)] * len(frames)      # the source, still
     result = {"held_out": held_out.name, "pretrained_on": trained_on, "checkpoint_step": loaded.step,
               "size": cfg.size, "frames": len(frames), "source_frame": 0,

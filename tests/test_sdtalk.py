@@ -57,7 +57,7 @@ def run_in_process(identities: Path, out: Path, batch: int, stop_after: int | No
 
 
 def newest_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
-    newest = sorted((model_dir / CHECKPOINTS).glob("step-*"))[-1]
+    newest = max((model_dir / CHECKPOINTS).glob("step-*"))
     return load_file(str(newest / "tensors.safetensors"))
 
 

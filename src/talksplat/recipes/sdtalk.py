@@ -614,7 +614,7 @@ def build_job(subject_dirs: list[str], cfg: SDTalkConfig) -> PretrainJob:
     torch.manual_seed(cfg.seed)
     model = SDTalkModel(cfg)
     model.fit_audio_normalisation(identities)
-    seen = [{"name": s.name, "train_frames": int(len(s.train_frames)), **s.fingerprint}
+    seen = [{"name": s.name, "train_frames": len(s.train_frames), **s.fingerprint}
             for s in identities.collection.subjects]
     return PretrainJob(model=model, stages=stages(cfg),
                        draw=lambda step, n: global_batch(identities, cfg.seed, step, n),
