@@ -16,7 +16,8 @@ RUNTIME_EXIT = 1   # the command was fine but failed: fix the data, the disk, th
 # Subcommand modules, each exposing register(subparsers) that sets ``func`` on its parser.
 SUBCOMMANDS = ("talksplat.cli.doctor", "talksplat.cli.demo", "talksplat.cli.synth", "talksplat.cli.sync",
                "talksplat.cli.prepare", "talksplat.cli.recipes", "talksplat.cli.train", "talksplat.cli.render",
-               "talksplat.cli.eval", "talksplat.cli.serve", "talksplat.cli.export")
+               "talksplat.cli.eval", "talksplat.cli.serve", "talksplat.cli.export",
+               "talksplat.cli.pretrain", "talksplat.cli.oneshot")
 
 
 class _Parser(argparse.ArgumentParser):
