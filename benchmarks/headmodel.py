@@ -237,8 +237,8 @@ def main() -> None:
             print(json.dumps(rec["core7_vs_truth"]))
             out["template_check"] = _template_check(root, synth, arrays)
             print("template check:", json.dumps(out["template_check"]), flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=1) + "\n")
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(out, indent=1) + "\n")      # after every clip: a long run leaves partial figures
     print(f"wrote {RESULTS}")
 
 

@@ -18,7 +18,13 @@ from talksplat.headmodel import (
     mesh_vertices,
     mouth_opening_mm,
 )
-from talksplat.headmodel.fit import _bounded_newton_step, _gauss_newton_expressions, _Problem, project, so3_exp
+from talksplat.headmodel.fit import (
+    _bounded_newton_step,
+    _gauss_newton_expressions,
+    _Problem,
+    project,
+    so3_exp,
+)
 from talksplat.headmodel.model import ASSET_DIR
 
 MOVES_PX = 2.0          # a blendshape "moves landmarks" when weight 1 shifts one by this much

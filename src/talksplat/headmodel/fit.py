@@ -15,8 +15,10 @@ size): robust (Huber) landmark reprojection error under the dataset's pinhole ca
   and the model's frame is free, per-frame deviations from it are penalised.
 
 Two stages (warm-started): (1) identity, the constant offset, poses and expressions on a subset of
-frames spread over the clip; (2) every frame with the identity fixed, expressions starting from the
-nearest subset frame's. Projected Adam keeps the expressions in [0, 1].
+frames spread over the clip; (2) every frame with the identity fixed, poses starting from the
+nearest subset frame's. The landmarks are linear in the identity, the offsets and the expressions:
+those are solved for by Gauss-Newton (bounded to [0, 1] for the expressions) between the projected
+Adam steps that fit the poses and the couplings (see ``_gauss_newton_expressions``).
 """
 
 from __future__ import annotations
@@ -82,8 +84,8 @@ class FitConfig:
     lr_translation: float = 0.3        # mm per step
     fit_identity: bool = True
     offset_prior: float = 0.002          # per mm^2 of landmark offset (0 = no offsets)
-    gauss_newton_rounds: int = 3       # linearised bounded least-squares solves of the expressions per solve (0 = Adam only)
-    subset_solve_every: int = 25       # stage 1: solve identity, offsets and expressions every this many Adam steps
+    gauss_newton_rounds: int = 2       # linearised bounded least-squares solves of the expressions per solve (0 = Adam only)
+    subset_solve_every: int = 50       # stage 1: solve identity, offsets and expressions every this many Adam steps
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -198,8 +200,8 @@ class _Problem:
 
 
 GAZE_SHAPE_PREFIX = "eyeLook"
-STAGE2_TRAINABLE = ["expression", "w_dev", "t_dev"]
-GN_CHUNK_FRAMES = 64            # frames per batched solve (bounds the (frames, 53, N, 3) Jacobian's memory)
+STAGE2_TRAINABLE = ("expression", "w_dev", "t_dev")   # identity and offsets stay as stage 1 left them
+GN_CHUNK_FRAMES = 64            # frames per batched solve (bounds the (frames, 83, N, 2) Jacobian's memory)
 ACTIVE_SET_PASSES = 3           # box-constrained Newton step: free/bound variable updates per round
 
 
@@ -473,7 +475,7 @@ def fit_sequence(basis: LandmarkBasis, landmarks_px: np.ndarray, K: np.ndarray, 
           "w_const": s1["w_const"].detach(), "t_const": s1["t_const"].detach(),
           "w_dev": s1["w_dev"].detach()[nearest].clone(), "t_dev": s1["t_dev"].detach()[nearest].clone(),
           "offsets": s1["offsets"].detach()}
-    _optimise(p2, s2, STAGE2_TRAINABLE, lrs, cfg.iterations, progress, solve_at=(0, cfg.iterations))
+    _optimise(p2, s2, list(STAGE2_TRAINABLE), lrs, cfg.iterations, progress, solve_at=(0, cfg.iterations))
     with torch.no_grad():
         rot, trans = p2.poses(s2["w_const"], s2["t_const"], s2["w_dev"], s2["t_dev"])
         err = (p2.pixels(s2["identity"], s2["expression"], rot, trans, s2["offsets"]) - p2.uv).norm(dim=-1).mean(1)
