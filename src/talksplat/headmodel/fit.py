@@ -202,6 +202,7 @@ class _Problem:
 GAZE_SHAPE_PREFIX = "eyeLook"
 STAGE2_TRAINABLE = ("expression", "w_dev", "t_dev")   # identity and offsets stay as stage 1 left them
 GN_CHUNK_FRAMES = 64            # frames per batched solve (bounds the (frames, 83, N, 2) Jacobian's memory)
+SOLVE_EPS = 1e-6                # keeps a frame of weight 0 (no smoothing) solvable: its weights stay put
 ACTIVE_SET_PASSES = 3           # box-constrained Newton step: free/bound variable updates per round
 
 
@@ -337,7 +338,7 @@ def _gauss_newton_expressions(problem: _Problem, params: dict[str, torch.Tensor]
                 H, g = lin.system(jac)
                 H, g = fw[sl, None, None] * H, fw[sl, None] * g
                 # Per frame: fw_t (data + ridge) + smooth * sum over neighbours of |x_t - x_nb|^2.
-                ridge = fw[sl, None] * problem.ridge + smooth * count[sl, None]
+                ridge = fw[sl, None] * problem.ridge + smooth * count[sl, None] + SOLVE_EPS
                 H[:, :n_ex, :n_ex] += torch.diag_embed(ridge)
                 g[:, :n_ex] += fw[sl, None] * problem.ridge * prev[sl] + smooth * (count[sl, None] * prev[sl] - pull[sl])
                 systems.append((sl, H, g))
