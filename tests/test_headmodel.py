@@ -16,8 +16,15 @@ from talksplat.headmodel import (
     load_correspondence,
     load_head_model,
     mesh_vertices,
+    mouth_opening_mm,
 )
-from talksplat.headmodel.fit import project, so3_exp
+from talksplat.headmodel.fit import (
+    _bounded_newton_step,
+    _gauss_newton_expressions,
+    _Problem,
+    project,
+    so3_exp,
+)
 from talksplat.headmodel.model import ASSET_DIR
 
 MOVES_PX = 2.0          # a blendshape "moves landmarks" when weight 1 shifts one by this much
@@ -121,6 +128,61 @@ def test_known_answer_recovers_weights():
                                         -1, 1))).max() < 0.5
 
 
+def test_bounded_newton_step_matches_a_reference_solver():
+    from scipy.optimize import lsq_linear
+
+    rng = np.random.default_rng(0)
+    n, active = 8, 0
+    for _ in range(10):
+        m = rng.normal(size=(20, n))
+        H, g, x0 = m.T @ m + 0.1 * np.eye(n), rng.normal(size=n) * 5, rng.uniform(0, 1, n)
+        out = _bounded_newton_step(*(torch.tensor(a[None], dtype=torch.float64) for a in (H, g, x0)))[0].numpy()
+        chol = np.linalg.cholesky(H)       # q(x) = |chol^T (x - x0) + chol^-1 g|^2 / 2 + const
+        ref = x0 + lsq_linear(chol.T, -np.linalg.solve(chol, g), bounds=(-x0, 1 - x0)).x
+        assert out.min() >= 0 and out.max() <= 1
+        assert np.abs(out - ref).max() < 1e-6
+        active += int(((ref <= 1e-9) | (ref >= 1 - 1e-9)).sum())
+    assert active >= 10                                              # bounds were active (not just free solves)
+
+
+def test_gauss_newton_solve_recovers_expressions_in_one_call():
+    b, ident, expr, rot, trans, K, uv = _synthetic_sequence(frames=12)
+    cfg = FitConfig(expression_ridge=0.01, expression_smooth=0.0)
+    frame_weight = np.ones(len(uv))
+    frame_weight[5] = 0.0                       # a frame that does not count: solvable, left where it was
+    problem = _Problem(b, uv, K, rot, trans, frame_weight, cfg)
+    params = {"identity": torch.tensor(ident), "expression": torch.zeros(len(uv), 53), "w_const": torch.zeros(3),
+              "t_const": torch.zeros(3), "w_dev": torch.zeros(len(uv), 3), "t_dev": torch.zeros(len(uv), 3),
+              "offsets": torch.zeros(b.mean.shape)}
+    out, same_identity = _gauss_newton_expressions(problem, params, rounds=3)
+    assert torch.equal(same_identity, params["identity"])
+    names = b.expression_names
+    # The generating shapes come back from zero without a single gradient step (gaze through its
+    # finite difference), and the shapes not used stay near 0.
+    assert torch.isfinite(out).all() and float(out[5].abs().max()) < 1e-4
+    counted = np.flatnonzero(frame_weight > 0)
+    for name in ("jawOpen", "eyeBlink_L", "mouthSmile_L", "browDown_R", "eyeLookOut_L"):
+        j = names.index(name)
+        assert np.abs(out[counted, j].numpy() - expr[counted, j]).max() < 0.02, name
+    unused = expr.max(0) == 0
+    assert float(out[counted][:, torch.from_numpy(unused)].mean()) < 0.01
+
+
+def test_mouth_opening_is_the_models_lip_gap():
+    m, b = load_head_model(), default_landmark_basis()
+    ident = np.zeros(m.num_identity, np.float32)
+    e = np.zeros((3, 53), np.float32)
+    e[1, m.expression_index("jawOpen")] = 0.5
+    e[2, m.expression_index("jawOpen")] = 1.0
+    gap = mouth_opening_mm(b, ident, e)
+    assert gap.shape == (3,) and 0 < gap[0] < 5                        # the neutral lips' inner rims (mm)
+    assert gap[2] > gap[0] + 25.0                                      # the jaw drops the lower lip
+    assert gap[1] - gap[0] == pytest.approx(0.5 * (gap[2] - gap[0]), rel=1e-4)   # linear in the weights
+    funnel = np.zeros((1, 53), np.float32)
+    funnel[0, m.expression_index("mouthFunnel")] = 1.0
+    assert mouth_opening_mm(b, ident, funnel)[0] > gap[0] + 5.0          # lips part without the jaw too
+
+
 def test_core_coefficients_average_inner_brows():
     m = load_head_model()
     e = np.zeros((2, 53), np.float32)
@@ -162,6 +224,8 @@ def test_prepare_writes_face_model(prepared):
     gt = np.load(synth.out_dir / "ground_truth.npz")
     jaw = data["expression"][:, names.index("jawOpen")]
     assert np.corrcoef(jaw, gt["mouth_open_mm"][:n])[0, 1] > 0.8
+    assert data["mouth_open_mm"].shape == (n,)
+    assert np.corrcoef(data["mouth_open_mm"], gt["mouth_open_mm"][:n])[0, 1] > 0.9
     blink = data["expression"][:, [names.index("eyeBlink_L"), names.index("eyeBlink_R")]].mean(1)
     truth = blink_events(0.5 * (gt["blink_left"][:n] + gt["blink_right"][:n]), 0.5)
     found = blink_events(blink / max(float(blink.max()), 1e-6))

@@ -4,11 +4,12 @@
   :func:`mesh_vertices` builds meshes from (identity, expression, pose).
 - :func:`load_correspondence` / :class:`LandmarkBasis`: where the 478 FaceMesh landmarks sit on it.
 - :func:`fit_sequence`: identity + per-frame expressions (53, in [0, 1]) + poses from landmarks.
-- :func:`core_coefficients`: SyncTalk++'s 7 core coefficients from the fitted blendshapes.
+- :func:`core_coefficients`: SyncTalk++'s 7 core coefficients from the fitted blendshapes;
+  :func:`mouth_opening_mm`: the model's inner-lip gap (its mouth-opening combination of blendshapes).
 See docs/headmodel.md.
 """
 
-from talksplat.headmodel.coefficients import CORE_FROM_BLENDSHAPES, core_coefficients
+from talksplat.headmodel.coefficients import CORE_FROM_BLENDSHAPES, core_coefficients, mouth_opening_mm
 from talksplat.headmodel.correspondence import (
     Correspondence,
     LandmarkBasis,
@@ -31,5 +32,6 @@ __all__ = [
     "load_correspondence",
     "load_head_model",
     "mesh_vertices",
+    "mouth_opening_mm",
     "poses_from_cameras",
 ]

@@ -19,7 +19,7 @@ from talksplat.prepare.runner import Step, StepRunner
 
 FACE_MODEL = "face_model.npz"
 STEP_NAME = "face_model"
-STEP_VERSION = 1
+STEP_VERSION = 2                    # 2: Gauss-Newton solves in the fit; mouth_open_mm
 INTERPOLATED_FRAME_WEIGHT = 0.3     # filled-in (not detected) frames count this much, as in the cameras step
 BLINK_EVENT_THRESHOLD = 0.5
 MESH_REGION = "narrow_face"         # the part of the mesh drawn over frames in the report
@@ -64,6 +64,7 @@ def fit_subject(landmarks: np.ndarray, detected: np.ndarray, K: np.ndarray, w2c:
         core_coefficients,
         default_landmark_basis,
         fit_sequence,
+        mouth_opening_mm,
         poses_from_cameras,
     )
     from talksplat.headmodel.correspondence import load_correspondence
@@ -87,6 +88,7 @@ def fit_subject(landmarks: np.ndarray, detected: np.ndarray, K: np.ndarray, w2c:
             "landmark_offsets": fit.landmark_offsets,
             "world_from_model": world_from_model(fit, s, rc, tc).astype(np.float32),
             "core7": core_coefficients(fit.expression, basis.expression_names), "core7_names": np.array(CORE_NAMES),
+            "mouth_open_mm": mouth_opening_mm(basis, fit.identity, fit.expression),
             "model": np.array("ict-facekit-light (talksplat.headmodel, 30 identity modes)")}
 
 
@@ -112,6 +114,7 @@ def _step(quiet: bool, bar_factory):
                 "deviation_from_cameras_deg": float(np.mean(arrays["deviation_deg"])),
                 "identity_norm": float(np.linalg.norm(arrays["identity"])),
                 "jaw_open_p95": float(np.percentile(ex[:, names.index("jawOpen")], 95)),
+                "mouth_open_mm_p95": float(np.percentile(arrays["mouth_open_mm"], 95)),
                 "blinks": int(blink_events(blink, BLINK_EVENT_THRESHOLD).size),
                 "fit_ms_per_frame": 1000.0 * seconds / max(len(ex), 1)}
     return run
