@@ -19,6 +19,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
+
+# isort: split
 import numpy as np
 import torch
 
