@@ -382,6 +382,8 @@ class SyncTalkPPConditioner(Conditioner):
         self.expressions, self.neutral = recipe.expressions, recipe.neutral
         self.generator = recipe.generator if recipe.cfg.expression_generator else None
         self.expression_modes = ("video", "neutral", "generated") if self.generator is not None else ("video", "neutral")
+        # New speech gets expressions made from itself, not replayed from the video.
+        self.default_expression = "generated" if self.generator is not None else "video"
         behind, ahead = window_extent(self.audio_encoder.config.smoothing_frames)
         if self.generator is not None:
             reach = self.generator.reach
