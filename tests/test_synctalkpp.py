@@ -207,6 +207,7 @@ def test_generated_expressions_stream_like_offline_and_come_from_the_audio(tiny_
     avatar = load_avatar(tiny_subject, run=run)
     renderer = Renderer(avatar)
     assert "generated" in renderer.conditioner.expression_modes
+    assert renderer.conditioner.default_expression == "generated"     # what `render` uses unless told
     rng = np.random.default_rng(0)
     samples = (0.2 * rng.standard_normal(16_000)).astype(np.float32)
     options = RenderOptions(pose="still", expression="generated")
