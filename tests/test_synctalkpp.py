@@ -246,3 +246,17 @@ def recipe_view(frame: int):
     from talksplat.engine.contract import View
 
     return View(frame)
+
+
+def test_blink_events_can_come_from_another_signal_than_the_coefficients():
+    """A head model's blink coefficients may stay low while the eyes close (German anchor: 0.18 at
+    the 99th percentile): events then come from the tracked eye-aspect-ratio blink signal."""
+    ex, audio = _synthetic_sequence()
+    ex[:, 0] *= 0.3                                     # coefficients never reach the 0.5 threshold
+    signal = np.zeros(len(ex))
+    signal[[105, 330, 555]] = 1.0                      # three of the blinks of column 0
+    gen = ExpressionGenerator(ExpressionGeneratorConfig(), 3, 4, blink_columns=(0,))
+    assert gen.fit_statistics(ex, audio, np.arange(len(ex)))["blinks_in_training"] == 0
+    info = gen.fit_statistics(ex, audio, np.arange(len(ex)), blink_signal=signal)
+    assert info["blinks_in_training"] == 3
+    assert float(gen.blink_profile.max()) == pytest.approx(float(ex[:, 0].max()), abs=0.05)

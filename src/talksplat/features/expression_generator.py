@@ -13,9 +13,9 @@
   is the mean of the snippets of frames i - chunk//2 .. i + chunk//2 at i (overlap-add), which keeps
   the motion smooth where neighbouring frames pick different codes.
 - Blinks: audio says little about when a person blinks, so blink *timing* is drawn, not regressed:
-  a frame starts a blink with the subject's own blink rate, decided by a hash of the frame's audio
-  window (deterministic: streaming and offline rendering agree), and the blink
-  follows the subject's mean tracked blink profile.
+  a frame starts a blink with the subject's own blink rate (events of its tracked blink signal),
+  decided by a hash of the frame's audio window (deterministic: streaming and offline rendering
+  agree), and the blink follows the subject's mean tracked blink profile in coefficient units.
 """
 
 from __future__ import annotations
@@ -116,16 +116,23 @@ class ExpressionGenerator(nn.Module):
 
     # ------------------------------------------------------------------------------------- fitting
     @torch.no_grad()
-    def fit_statistics(self, expressions: Tensor, audio: Tensor, frames: np.ndarray) -> dict:
+    def fit_statistics(self, expressions: Tensor, audio: Tensor, frames: np.ndarray,
+                       blink_signal: np.ndarray | None = None) -> dict:
         """The subject's coefficient range, audio feature statistics and blink model, from the
-        training ``frames`` of tracked ``expressions`` (T, E) and per-frame ``audio`` (T, A)."""
+        training ``frames`` of tracked ``expressions`` (T, E) and per-frame ``audio`` (T, A).
+
+        Blink events are the runs of ``blink_signal`` (T,) (e.g. prepare's eye-aspect-ratio blink in
+        [0, 1]) above ``blink_threshold``, or of the blink coefficients themselves when None: a head
+        model's blink coefficients may never reach the threshold (German anchor: 99th percentile
+        0.18) although the eyes close. The profile is always in the coefficients' own units."""
         ex, au = expressions[torch.as_tensor(frames)], audio[torch.as_tensor(frames)]
         self.low.copy_(ex.min(0).values)
         self.high.copy_(ex.max(0).values)
         self.audio_mean.copy_(au.mean(0))
         self.audio_std.copy_(au.std(0).clamp_min(1e-4))
         blink = ex[:, list(self.blink_columns)].mean(1).numpy() if self.blink_columns else np.zeros(len(ex))
-        peaks = blink_peaks(blink, self.cfg.blink_threshold)
+        events = blink if blink_signal is None else np.asarray(blink_signal, dtype=np.float64)[np.asarray(frames)]
+        peaks = blink_peaks(events, self.cfg.blink_threshold) if self.blink_columns else np.zeros(0, int)
         self.blink_rate.fill_(len(peaks) / max(len(blink), 1))
         self.blink_profile.copy_(torch.from_numpy(blink_profile(blink, peaks, self.cfg.blink_half_width)))
         return {"blinks_in_training": int(len(peaks)), "blink_rate_per_minute": round(float(self.blink_rate) * 1500, 2)}

@@ -192,7 +192,9 @@ class SyncTalkPP(Recipe):
         self.neutral = self.expressions[torch.as_tensor(data.train_frames)].median(0).values
         self._frame_audio = self.frame_audio_features(data.audio)       # (T, A) for the generator
         self.generator = ExpressionGenerator(cfg.generator, len(CORE_NAMES), self._frame_audio.shape[1], BLINK_COLUMNS)
-        self.generator_info = self.generator.fit_statistics(self.expressions, self._frame_audio, data.train_frames)
+        # Blink timing from prepare's eye-aspect-ratio blink signal; amplitude in core7 units.
+        self.generator_info = self.generator.fit_statistics(self.expressions, self._frame_audio, data.train_frames,
+                                                            blink_signal=data.blink)
         self.restorer = InpaintingUNet(cfg.restorer)
         # Steps the restorer has trained: post_render leaves renders alone until it has.
         self.register_buffer("restorer_steps", torch.zeros((), dtype=torch.int64))
