@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/synctalkpp.py SUBJECT \
         --run full=RUN_DIR --run no_masked_attention=RUN_DIR --run mel=RUN_DIR \
-        --audio A.ogg [B.ogg ...] [--name NAME]
+        --audio A.ogg [B.ogg ...] [--blink-audio LONG.wav] [--name NAME]
 
 Runs are trained beforehand with ``talksplat train SUBJECT --recipe synctalkpp -o RUN_DIR`` and the
 same iteration counts (the ablations differ by one ``--set``); the first ``--run`` is the full recipe.
@@ -16,7 +16,8 @@ same iteration counts (the ablations differ by one ``--set``); the first ``--run
    eye aspect ratio of FaceMesh landmarks on the RENDERED frames, the chin seam statistic
    (render.seam: gradient across the paste-back boundary, rendered / original) and the render speed.
 3. The real video's blinks per minute, counted the same way on its own frames, and the blink rate
-   the generator asks for (its coefficients) for comparison.
+   the generator asks for (its coefficients) for comparison; ``--blink-audio`` (e.g. several clips
+   joined) is rendered by the full run alone, for a blink rate over more than a few blinks.
 
 Writes benchmarks/results/synctalkpp.json under NAME (default: the subject folder's name).
 """
@@ -149,6 +150,8 @@ def main() -> None:
     parser.add_argument("--run", action="append", required=True, metavar="NAME=DIR")
     parser.add_argument("--audio", type=Path, nargs="+", required=True)
     parser.add_argument("--name", default=None)
+    parser.add_argument("--blink-audio", type=Path, nargs="*", default=[],
+                        help="longer speech rendered by the full run only (full settings), for the blink rate")
     parser.add_argument("--skip-self", action="store_true", help="skip the held-out eval")
     args = parser.parse_args()
     runs = dict(item.split("=", 1) for item in args.run)
@@ -183,6 +186,14 @@ def main() -> None:
                 per_audio[f"{name}/{variant}"] = scores
                 print(json.dumps({audio.name: {f"{name}/{variant}": scores}}), flush=True)
                 _save(result, key)
+    for audio in args.blink_audio:
+        samples = load_driving_audio(audio)
+        renderer = Renderer.open(args.subject, run=Path(runs[full]))
+        per_audio = result["driven"].setdefault(audio.name, {})
+        per_audio["generator_coefficient_blinks"] = _generator_blink_rate(renderer, samples)
+        per_audio[f"{full}/full"] = _driven(renderer, samples, "generated", True)
+        print(json.dumps({audio.name: per_audio}), flush=True)
+        _save(result, key)
     print(json.dumps(result, indent=1))
     _save(result, key)
     print(f"wrote {RESULTS}")
