@@ -133,15 +133,30 @@ def _real_blinks(subject: Path) -> dict:
 
 
 def _generator_blink_rate(renderer: Renderer, samples: np.ndarray) -> dict:
-    """Blinks per minute in the generator's own coefficients for this audio (before rendering)."""
+    """Blinks per minute in the generator's own coefficients for this audio (before rendering):
+    runs of the blink coefficients above half the subject's mean blink-profile peak (the head
+    model's blink coefficients are small: 0.41 at the German anchor's blink peaks)."""
     from talksplat.features.expression_generator import blink_peaks
 
     windows = renderer.audio_windows(samples)
     cond = renderer.conditioner
     blink = np.array([float(cond.conditions(windows, i, 0, "generated")["expression"][:2].mean())
                       for i in range(len(windows))])
-    peaks = blink_peaks(blink, 0.5)
-    return {"blinks": int(len(peaks)), "per_minute": round(len(peaks) / (len(blink) / FPS / 60), 2)}
+    threshold = 0.5 * float(renderer.avatar.recipe.generator.blink_profile.max())
+    peaks = blink_peaks(blink, threshold)
+    return {"blinks": int(len(peaks)), "per_minute": round(len(peaks) / (len(blink) / FPS / 60), 2),
+            "threshold": round(threshold, 3)}
+
+
+def _update_generator_blinks(subject: Path, run: Path, audios: list[Path], key: str) -> None:
+    """Recomputes only the generator's coefficient blink rates of an existing result."""
+    all_results = json.loads(RESULTS.read_text())
+    renderer = Renderer.open(subject, run=run)
+    for audio in audios:
+        entry = all_results[key]["driven"].setdefault(audio.name, {})
+        entry["generator_coefficient_blinks"] = _generator_blink_rate(renderer, load_driving_audio(audio))
+        print(audio.name, entry["generator_coefficient_blinks"])
+    RESULTS.write_text(json.dumps(all_results, indent=1, default=str))
 
 
 def main() -> None:
@@ -153,9 +168,14 @@ def main() -> None:
     parser.add_argument("--blink-audio", type=Path, nargs="*", default=[],
                         help="longer speech rendered by the full run only (full settings), for the blink rate")
     parser.add_argument("--skip-self", action="store_true", help="skip the held-out eval")
+    parser.add_argument("--generator-blinks-only", action="store_true",
+                        help="only recompute the generator's coefficient blink rates of an existing result")
     args = parser.parse_args()
     runs = dict(item.split("=", 1) for item in args.run)
     key = args.name or args.subject.name
+    if args.generator_blinks_only:
+        _update_generator_blinks(args.subject, Path(next(iter(runs.values()))), args.audio + args.blink_audio, key)
+        return
     result: dict = {"machine": machine_info(), "subject": str(args.subject), "runs": {}, "driven": {},
                     "note": "machine shared with other engineers' jobs (load average 10-16 on 2 cores)"}
     result["real_video_blinks"] = _real_blinks(args.subject)
