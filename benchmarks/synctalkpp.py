@@ -65,7 +65,7 @@ def blinks_per_minute(landmarks: np.ndarray) -> dict:
     closure = 1.0 - ear / max(float(np.percentile(ear, OPEN_PERCENTILE)), 1e-9)
     events = blink_events(closure, BLINK_CLOSURE)
     minutes = len(landmarks) / FPS / 60
-    return {"blinks": int(len(events)), "per_minute": round(len(events) / minutes, 2),
+    return {"blinks": len(events), "per_minute": round(len(events) / minutes, 2),
             "seconds": round(len(landmarks) / FPS, 1)}
 
 
@@ -144,7 +144,7 @@ def _generator_blink_rate(renderer: Renderer, samples: np.ndarray) -> dict:
                       for i in range(len(windows))])
     threshold = 0.5 * float(renderer.avatar.recipe.generator.blink_profile.max())
     peaks = blink_peaks(blink, threshold)
-    return {"blinks": int(len(peaks)), "per_minute": round(len(peaks) / (len(blink) / FPS / 60), 2),
+    return {"blinks": len(peaks), "per_minute": round(len(peaks) / (len(blink) / FPS / 60), 2),
             "threshold": round(threshold, 3)}
 
 

@@ -18,7 +18,13 @@ from talksplat.features.expression_generator import (
     blink_peaks,
     window_seed,
 )
-from talksplat.fields.inpainting import InpaintingUNet, RestorerConfig, dilate, margin_pixels, training_example
+from talksplat.fields.inpainting import (
+    InpaintingUNet,
+    RestorerConfig,
+    dilate,
+    margin_pixels,
+    training_example,
+)
 from talksplat.recipes import load_avatar
 from talksplat.recipes.synctalkpp import SyncTalkPP
 
@@ -72,7 +78,7 @@ def trained_generator():
 
 
 def test_codebook_learns_the_subjects_coefficient_snippets(trained_generator):
-    gen, ex, audio, _, first, last = trained_generator
+    _gen, _ex, _audio, _, first, last = trained_generator
     assert last["vq_reconstruction"] < 0.5 * first["vq_reconstruction"]
     assert last["vq_reconstruction"] < 0.08                      # L1 on coefficients spanning [0, 1]
     assert last["code_prediction"] < 0.7 * first["code_prediction"]
@@ -88,7 +94,7 @@ def test_generated_expressions_follow_the_audio_and_stay_in_the_subjects_range(t
 
 
 def test_generated_blinks_appear_at_the_subjects_rate(trained_generator):
-    gen, ex, _, info, _, _ = trained_generator
+    gen, _ex, _, info, _, _ = trained_generator
     assert info["blinks_in_training"] == 8
     # Unseen 'speech': new random audio features for 3000 frames (2 minutes).
     rng = np.random.default_rng(5)

@@ -135,7 +135,7 @@ class ExpressionGenerator(nn.Module):
         peaks = blink_peaks(events, self.cfg.blink_threshold) if self.blink_columns else np.zeros(0, int)
         self.blink_rate.fill_(len(peaks) / max(len(blink), 1))
         self.blink_profile.copy_(torch.from_numpy(blink_profile(blink, peaks, self.cfg.blink_half_width)))
-        return {"blinks_in_training": int(len(peaks)), "blink_rate_per_minute": round(float(self.blink_rate) * 1500, 2)}
+        return {"blinks_in_training": len(peaks), "blink_rate_per_minute": round(float(self.blink_rate) * 1500, 2)}
 
     def losses(self, expressions: Tensor, audio: Tensor, centres: np.ndarray) -> dict[str, Tensor]:
         """VQ-VAE terms on the snippets centred at ``centres`` and the audio-to-code cross-entropy."""

@@ -46,11 +46,32 @@ from talksplat.engine.contract import Batch, Conditioner, Conditions, Recipe, St
 from talksplat.engine.losses import mouth_box_l1, ssim
 from talksplat.errors import UsageError
 from talksplat.features.expression import CORE_NAMES
-from talksplat.features.expression_generator import ExpressionGenerator, ExpressionGeneratorConfig, window_seed
+from talksplat.features.expression_generator import (
+    ExpressionGenerator,
+    ExpressionGeneratorConfig,
+    window_seed,
+)
 from talksplat.fields.hashgrid import HashGridConfig
-from talksplat.fields.inpainting import InpaintingUNet, RestorerConfig, dilate, margin_pixels, training_example
-from talksplat.fields.motion import DEFORM_OUTPUTS, AudioEncoder, AudioEncoderConfig, MotionField, MotionFieldConfig
-from talksplat.fields.sync_audio import SyncAudioConfig, SyncAudioEncoder, folder_sync_encoder, subject_sync_encoder
+from talksplat.fields.inpainting import (
+    InpaintingUNet,
+    RestorerConfig,
+    dilate,
+    margin_pixels,
+    training_example,
+)
+from talksplat.fields.motion import (
+    DEFORM_OUTPUTS,
+    AudioEncoder,
+    AudioEncoderConfig,
+    MotionField,
+    MotionFieldConfig,
+)
+from talksplat.fields.sync_audio import (
+    SyncAudioConfig,
+    SyncAudioEncoder,
+    folder_sync_encoder,
+    subject_sync_encoder,
+)
 from talksplat.gaussians import rasterize
 from talksplat.gaussians.gaussian_set import DensifyConfig, GaussianSet
 from talksplat.gaussians.model import GaussianLearningRates
