@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 from pathlib import Path
 
@@ -24,9 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--pose-range", type=_frame_range, metavar="START:END",
                    help="source frames START..END-1 of the prepared video for pose, expression and backdrop "
                         "(implies --pose range; with --pose still, holds START)")
-    p.add_argument("--expression", default="video",
+    p.add_argument("--expression", default=None,
                    help="video: expression coefficients of the pose's source frame; neutral: the training median "
-                        "(recipes may offer more)")
+                        "(recipes may offer more, e.g. synctalkpp's generated; default: the recipe's, mostly video)")
     p.add_argument("--full-frame", action="store_true",
                    help="paste back into the original full-resolution frames (else the training-size crop)")
     p.add_argument("--preset", default="medium",
@@ -54,7 +55,7 @@ def _options(args):
     pose = args.pose or ("range" if args.pose_range is not None else "loop")
     if pose == "loop" and args.pose_range is not None:
         raise UsageError("--pose loop uses the training frames; to loop over --pose-range use --pose range")
-    return RenderOptions(pose=pose, expression=args.expression, full_frame=args.full_frame,
+    return RenderOptions(pose=pose, expression=args.expression or "video", full_frame=args.full_frame,
                          pose_range=args.pose_range)
 
 
@@ -87,6 +88,8 @@ def run(args) -> int:
     samples = load_driving_audio(args.audio)      # bad audio fails in a second, before the model loads
     with _sigterm_unwinds():
         renderer = Renderer.open(args.subject, args.recipe, args.run)
+        if args.expression is None:     # the recipe's default (synctalkpp: generated from the audio)
+            options = dataclasses.replace(options, expression=renderer.conditioner.default_expression)
         summary = render_video(renderer, args.audio, args.out, options, progress=not args.quiet,
                                preset=args.preset, samples=samples)
     line = (f"wrote {summary['output']}: {summary['frames']} frames, {summary['seconds']:.2f} s, "

@@ -106,13 +106,17 @@ class Conditioner:
     ``look_behind``/``look_ahead``: how many neighbouring frames' audio windows frame ``t``'s
     conditions depend on (streaming waits for ``look_ahead`` frames of audio). ``expression_modes``:
     what drives the non-mouth expression (``video``: the pose's source frame; ``neutral``: the
-    training median; recipes may add e.g. ``generated``).
+    training median; recipes may add e.g. ``generated``), ``default_expression`` the one render uses
+    unless told.
     """
 
     audio_feature: str = "mel"
     look_behind: int = 0
     look_ahead: int = 0
     expression_modes: tuple[str, ...] = ("video", "neutral")
+    # The mode ``render`` uses when none is asked for (a recipe with an expression generator may
+    # prefer its ``generated``).
+    default_expression: str = "video"
 
     def conditions(self, windows: Tensor, index: int, source_frame: int, expression: str) -> Conditions:
         """Conditions of the frame whose audio window is ``windows[index]`` (its neighbours around it),

@@ -13,10 +13,11 @@ from talksplat.engine.avatar import load_avatar as _load_avatar
 from talksplat.engine.contract import Recipe
 from talksplat.errors import UsageError
 from talksplat.recipes.gaussianflametalk import GaussianFlameTalk
+from talksplat.recipes.synctalkpp import SyncTalkPP
 from talksplat.recipes.talkinggaussian import TalkingGaussian
 from talksplat.recipes.unigs import UniGS
 
-RECIPES: dict[str, type[Recipe]] = {cls.name: cls for cls in (TalkingGaussian, UniGS, GaussianFlameTalk)}
+RECIPES: dict[str, type[Recipe]] = {cls.name: cls for cls in (TalkingGaussian, UniGS, GaussianFlameTalk, SyncTalkPP)}
 DEFAULT_RECIPE = TalkingGaussian.name
 
 

@@ -1,0 +1,230 @@
+"""SyncTalk++ miniature ablation on one prepared subject (issue 15's acceptance figures).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/synctalkpp.py SUBJECT \
+        --run full=RUN_DIR --run no_masked_attention=RUN_DIR --run mel=RUN_DIR \
+        --audio A.ogg [B.ogg ...] [--blink-audio LONG.wav] [--name NAME]
+
+Runs are trained beforehand with ``talksplat train SUBJECT --recipe synctalkpp -o RUN_DIR`` and the
+same iteration counts (the ablations differ by one ``--set``); the first ``--run`` is the full recipe.
+
+1. Held-out self-reconstruction of every run (``talksplat eval``): PSNR, head-box PSNR, LMD, lip
+   opening r, A/V offset.
+2. Unseen speech (each ``--audio``), rendered full-frame (paste-back) with a still-free pose loop:
+   every run with the full render settings (expression generated from the audio, torso restorer on);
+   the full run also without the generator (``--expression video``) and without the restorer. For
+   each render: talksplat's A/V offset + confidence (not SyncNet), blinks per minute counted from the
+   eye aspect ratio of FaceMesh landmarks on the RENDERED frames, the chin seam statistic
+   (render.seam: gradient across the paste-back boundary, rendered / original) and the render speed.
+3. The real video's blinks per minute, counted the same way on its own frames, and the blink rate
+   the generator asks for (its coefficients) for comparison; ``--blink-audio`` (e.g. several clips
+   joined) is rendered by the full run alone, for a blink rate over more than a few blinks.
+
+Writes benchmarks/results/synctalkpp.json under NAME (default: the subject folder's name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from _machine import machine_info
+
+import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
+from talksplat.core.constants import FPS, SAMPLES_PER_FRAME
+from talksplat.eval import EvalConfig, evaluate_subject
+from talksplat.eval import metrics as M
+from talksplat.eval import signals as S
+from talksplat.features.expression import (
+    LEFT_EYE_CORNERS,
+    LEFT_EYE_LIDS,
+    RIGHT_EYE_CORNERS,
+    RIGHT_EYE_LIDS,
+    blink_events,
+    eye_opening,
+)
+from talksplat.render.renderer import Renderer, RenderOptions, load_driving_audio
+from talksplat.render.seam import SeamMeter
+
+RESULTS = Path(__file__).parent / "results" / "synctalkpp.json"
+# A blink: the eye aspect ratio falls below this fraction of the clip's open-eye level (its 90th
+# percentile); the same rule for the real and the rendered videos.
+BLINK_CLOSURE = 0.3
+OPEN_PERCENTILE = 90
+
+
+def blinks_per_minute(landmarks: np.ndarray) -> dict:
+    """Blink events from the eye aspect ratio of FaceMesh landmarks (T, 478, 3), per minute."""
+    ear = (eye_opening(landmarks, LEFT_EYE_LIDS, LEFT_EYE_CORNERS) +
+           eye_opening(landmarks, RIGHT_EYE_LIDS, RIGHT_EYE_CORNERS)) / 2
+    ear = np.where(np.isfinite(ear), ear, np.nanmedian(ear))
+    closure = 1.0 - ear / max(float(np.percentile(ear, OPEN_PERCENTILE)), 1e-9)
+    events = blink_events(closure, BLINK_CLOSURE)
+    minutes = len(landmarks) / FPS / 60
+    return {"blinks": len(events), "per_minute": round(len(events) / minutes, 2),
+            "seconds": round(len(landmarks) / FPS, 1)}
+
+
+def _self_eval(subject: Path, name: str, run: Path) -> dict:
+    out = subject / "eval" / f"synctalkpp-bench-{name}"
+    m = evaluate_subject(subject, run, None, out, EvalConfig(progress=False))
+    motion, sync = m["motion"], m["sync"]
+    return {"psnr": m["image"]["full"]["psnr"], "psnr_head_box": (m["image"]["head"] or {}).get("psnr"),
+            "lmd_mouth_px": motion["lmd_mouth_px"], "lmd_all_px": motion["lmd_all_px"],
+            "lip_opening_r": motion["lip_opening"]["correlation"],
+            "av_offset": {k: sync["ours"].get(k) for k in ("offset_frames", "confidence", "reliable")},
+            "frames": m["frames"]["evaluated"]}
+
+
+@torch.no_grad()
+def _driven(renderer: Renderer, samples: np.ndarray, expression: str, restorer: bool) -> dict:
+    """Renders ``samples`` full-frame and scores the rendered video."""
+    recipe = renderer.avatar.recipe
+    saved = recipe.cfg
+    recipe.cfg = replace(saved, torso_restorer=restorer)     # a render-time switch of the loaded avatar
+    seam = SeamMeter()
+    landmarks, seconds = [], []
+    try:
+        frames = renderer.render_frames(samples, RenderOptions(expression=expression, full_frame=True), seam)
+        with S.LandmarkTracker(256) as tracker:
+            while True:
+                tic = time.perf_counter()
+                frame = next(frames, None)
+                if frame is None:
+                    break
+                seconds.append(time.perf_counter() - tic)
+                landmarks.append(tracker(frame))
+    finally:
+        recipe.cfg = saved
+    lms = np.stack(landmarks)
+    n = len(lms)
+    sync = M.av_sync(lms[:, list(S.MOUTH_LANDMARKS), :2], samples[: n * SAMPLES_PER_FRAME])
+    return {"av_offset_frames": sync.get("offset_frames"), "av_confidence": sync.get("confidence"),
+            "blinks": blinks_per_minute(lms), "seam": seam.result(),
+            "full_frame_fps": round(1.0 / float(np.median(seconds[5:] or seconds)), 1)}
+
+
+@torch.no_grad()
+def _crop_render_fps(renderer: Renderer, samples: np.ndarray, frames: int = 60) -> float:
+    """Frames per second of the crop render (audio encoder + generated expression + splatting +
+    restorer), no paste-back or encoding."""
+    it = renderer.render_frames(samples[: frames * SAMPLES_PER_FRAME], RenderOptions(expression="generated"))
+    times = []
+    while True:
+        tic = time.perf_counter()
+        if next(it, None) is None:
+            break
+        times.append(time.perf_counter() - tic)
+    return round(1.0 / float(np.median(times[5:] or times)), 1)
+
+
+@torch.no_grad()
+def _real_blinks(subject: Path) -> dict:
+    from talksplat.data.subject import load_subject_data
+
+    data = load_subject_data(subject, 256)
+    with S.LandmarkTracker(256) as tracker:
+        lms = np.stack([tracker((data.image(t).numpy() * 255).round().astype(np.uint8)) for t in range(data.n_frames)])
+    return blinks_per_minute(lms)
+
+
+def _generator_blink_rate(renderer: Renderer, samples: np.ndarray) -> dict:
+    """Blinks per minute in the generator's own coefficients for this audio (before rendering):
+    runs of the blink coefficients above half the subject's mean blink-profile peak (the head
+    model's blink coefficients are small: 0.41 at the German anchor's blink peaks)."""
+    from talksplat.features.expression_generator import blink_peaks
+
+    windows = renderer.audio_windows(samples)
+    cond = renderer.conditioner
+    blink = np.array([float(cond.conditions(windows, i, 0, "generated")["expression"][:2].mean())
+                      for i in range(len(windows))])
+    threshold = 0.5 * float(renderer.avatar.recipe.generator.blink_profile.max())
+    peaks = blink_peaks(blink, threshold)
+    return {"blinks": len(peaks), "per_minute": round(len(peaks) / (len(blink) / FPS / 60), 2),
+            "threshold": round(threshold, 3)}
+
+
+def _update_generator_blinks(subject: Path, run: Path, audios: list[Path], key: str) -> None:
+    """Recomputes only the generator's coefficient blink rates of an existing result."""
+    all_results = json.loads(RESULTS.read_text())
+    renderer = Renderer.open(subject, run=run)
+    for audio in audios:
+        entry = all_results[key]["driven"].setdefault(audio.name, {})
+        entry["generator_coefficient_blinks"] = _generator_blink_rate(renderer, load_driving_audio(audio))
+        print(audio.name, entry["generator_coefficient_blinks"])
+    RESULTS.write_text(json.dumps(all_results, indent=1, default=str))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("subject", type=Path)
+    parser.add_argument("--run", action="append", required=True, metavar="NAME=DIR")
+    parser.add_argument("--audio", type=Path, nargs="+", required=True)
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--blink-audio", type=Path, nargs="*", default=[],
+                        help="longer speech rendered by the full run only (full settings), for the blink rate")
+    parser.add_argument("--skip-self", action="store_true", help="skip the held-out eval")
+    parser.add_argument("--generator-blinks-only", action="store_true",
+                        help="only recompute the generator's coefficient blink rates of an existing result")
+    args = parser.parse_args()
+    runs = dict(item.split("=", 1) for item in args.run)
+    key = args.name or args.subject.name
+    if args.generator_blinks_only:
+        _update_generator_blinks(args.subject, Path(next(iter(runs.values()))), args.audio + args.blink_audio, key)
+        return
+    result: dict = {"machine": machine_info(), "subject": str(args.subject), "runs": {}, "driven": {},
+                    "note": "machine shared with other engineers' jobs (load average 10-16 on 2 cores)"}
+    result["real_video_blinks"] = _real_blinks(args.subject)
+    _save(result, key)
+    for name, run in runs.items():
+        summary = json.loads((Path(run) / "summary.json").read_text())
+        entry = {"train_seconds": summary["train_seconds"], "iterations": summary["iterations"],
+                 "gaussians": summary["gaussians"], "ms_per_iteration_median": summary["ms_per_iteration_median"],
+                 "held_out_by_stage": summary["held_out_by_stage"], "config": json.loads((Path(run) / "config.json").read_text())}
+        if not args.skip_self:
+            entry["self"] = _self_eval(args.subject, name, Path(run))
+        result["runs"][name] = entry
+        print(json.dumps({name: entry.get("self")}), flush=True)
+        _save(result, key)
+    full = next(iter(runs))
+    for audio in args.audio:
+        samples = load_driving_audio(audio)
+        per_audio = result["driven"].setdefault(audio.name, {})
+        for name, run in runs.items():
+            renderer = Renderer.open(args.subject, run=Path(run))
+            variants = {"full": ("generated", True)}
+            if name == full:
+                variants.update({"without_generator": ("video", True), "without_restorer": ("generated", False)})
+                per_audio["generator_coefficient_blinks"] = _generator_blink_rate(renderer, samples)
+                per_audio["crop_render_fps_256"] = _crop_render_fps(renderer, samples)
+            for variant, (expression, restorer) in variants.items():
+                scores = _driven(renderer, samples, expression, restorer)
+                per_audio[f"{name}/{variant}"] = scores
+                print(json.dumps({audio.name: {f"{name}/{variant}": scores}}), flush=True)
+                _save(result, key)
+    for audio in args.blink_audio:
+        samples = load_driving_audio(audio)
+        renderer = Renderer.open(args.subject, run=Path(runs[full]))
+        per_audio = result["driven"].setdefault(audio.name, {})
+        per_audio["generator_coefficient_blinks"] = _generator_blink_rate(renderer, samples)
+        per_audio[f"{full}/full"] = _driven(renderer, samples, "generated", True)
+        print(json.dumps({audio.name: per_audio}), flush=True)
+        _save(result, key)
+    print(json.dumps(result, indent=1))
+    _save(result, key)
+    print(f"wrote {RESULTS}")
+
+
+def _save(result: dict, key: str) -> None:
+    """Writes what is measured so far (a long run that dies keeps its finished parts)."""
+    all_results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    all_results[key] = result
+    RESULTS.write_text(json.dumps(all_results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
