@@ -132,3 +132,53 @@ def test_eye_and_mouth_masks_follow_the_landmarks():
     assert not M.mouth_interior_mask(lms, (64, 100)).any()
     lms[RIGHT_EYE[0]] = np.nan
     assert not M.eye_region_mask(lms, (64, 100)).any()
+
+
+def _two_eyes() -> np.ndarray:
+    """(478, 2) landmarks with a 20 px wide right eye centred at (30, 30) and a left eye at (70, 30)."""
+    lms = np.full((478, 2), 50.0)
+    lms[list(RIGHT_EYE)] = [[20, 30], [40, 30], [30, 28], [30, 32]] * 4
+    lms[list(LEFT_EYE)] = [[60, 30], [80, 30], [70, 28], [70, 32]] * 4
+    return lms
+
+
+def test_the_eye_box_training_loss_sees_only_the_eyes():
+    """The loss that makes TalkingGaussian learn blinks (issue #20) looks at the lids and nowhere else."""
+    import torch
+
+    from talksplat.engine.losses import eye_box_l1
+
+    target = torch.zeros(64, 100, 3)
+    lms = _two_eyes()
+    far = target.clone()
+    far[50:64, :] = 1.0                    # below the eyes (cheeks, mouth)
+    lids = target.clone()
+    lids[31:34, 25:36] = 1.0               # a lid closing over the right eye
+    assert eye_box_l1(far, target, lms).item() == 0.0
+    assert eye_box_l1(lids, target, lms).item() > 0.0
+    nan = lms.copy()
+    nan[RIGHT_EYE[3]] = np.nan
+    assert eye_box_l1(lids, target, nan).item() == 0.0
+    assert M.eye_region_mask(lms, (64, 100))[31:34, 25:36].all()     # eval scores the same region
+
+
+def test_talkinggaussian_adds_the_eye_box_term_in_the_deforming_stages(tiny_subject):
+    import torch
+
+    from talksplat.data.subject import load_subject_data
+    from talksplat.engine.contract import Batch, View
+    from talksplat.recipes.talkinggaussian import TalkingGaussian, TalkingGaussianConfig
+
+    data = load_subject_data(tiny_subject, 64)
+    cfg = TalkingGaussianConfig(size=64, face_points=300, mouth_points=50)
+    recipe = TalkingGaussian(data, cfg, np.random.default_rng(0))
+    static, motion = recipe.stages()[:2]
+    t = int(data.train_frames[0])
+    with torch.no_grad():
+        outputs = recipe.forward(View(t), recipe.training_conditions(t, motion))
+    batch = Batch(frame=t, image=data.image(t))
+    assert "eye_box" in recipe.losses(outputs, batch, motion) and "eye_box" not in recipe.losses(outputs, batch, static)
+    # landmarks_px maps prepare's pixel centres (integers at the prepared size) to the training size.
+    lm = data.landmarks_px(t)
+    assert lm.shape == (478, 2)
+    np.testing.assert_allclose(lm, (np.asarray(data.landmarks[t])[:, :2] + 0.5) * 64 / data.source_size - 0.5)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from talksplat.core.constants import FPS as VIDEO_FPS
 from talksplat.core.constants import SAMPLE_RATE
+from talksplat.engine.losses import EYE_BOX_HEIGHT, EYE_BOX_WIDTH, eye_boxes  # noqa: F401  (the eye region)
 from talksplat.errors import TalksplatError
 
 PSNR_CAP_DB = 100.0               # PSNR of identical images (MSE 0) is reported as this, not inf
@@ -483,28 +484,12 @@ def gradient_energy(img, mask: np.ndarray) -> float:
     return float(np.mean(gx[m] ** 2 + gy[m] ** 2)) if m.any() else math.nan
 
 
-# The eye region: a box around each eye contour, EYE_BOX_WIDTH x its corner-to-corner width wide
-# and EYE_BOX_HEIGHT x that width high (it holds both lids whether the eye is open or shut).
-EYE_BOX_WIDTH = 1.3
-EYE_BOX_HEIGHT = 0.7
-
-
 def eye_region_mask(landmarks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(H, W) bool: the two eye boxes of one frame's (478, 2+) landmarks in pixels of ``shape``."""
-    from talksplat.core.landmarks import LEFT_EYE, RIGHT_EYE
-
+    """(H, W) bool: the two eye boxes of one frame's (478, 2+) landmarks in pixels of ``shape`` (the
+    boxes of the training loss ``engine.losses.eye_boxes``: both lids, open or shut)."""
     mask = np.zeros(shape, bool)
-    lm = np.asarray(landmarks, np.float64)[:, :2]
-    if not np.all(np.isfinite(lm[list(LEFT_EYE + RIGHT_EYE)])):
-        return mask
-    for eye in (RIGHT_EYE, LEFT_EYE):
-        pts = lm[list(eye)]
-        centre = (pts.min(axis=0) + pts.max(axis=0)) / 2
-        width = float(np.ptp(pts[:, 0]))
-        half = np.array([EYE_BOX_WIDTH * width / 2, EYE_BOX_HEIGHT * width / 2])
-        x0, y0 = np.maximum(np.floor(centre - half).astype(int), 0)
-        x1, y1 = np.ceil(centre + half).astype(int) + 1
-        mask[y0:y1, x0:x1] = True
+    for rows, cols in eye_boxes(landmarks, *shape):
+        mask[rows, cols] = True
     return mask
 
 

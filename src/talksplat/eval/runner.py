@@ -235,10 +235,8 @@ def _self_reconstruction(renderer, config: EvalConfig, lpips_model) -> tuple[dic
 
 
 def _truth_landmarks(data, t: int) -> np.ndarray | None:
-    """Prepare's landmarks of real frame t (tracked at the prepared size) in pixels of the training size."""
-    if data.landmarks is None:
-        return None
-    return np.asarray(data.landmarks[t], np.float64)[:, :2] * (data.size / data.source_size)
+    """Prepare's landmarks of real frame t in pixels of the training size."""
+    return data.landmarks_px(t)
 
 
 def _region_scores(rendered: np.ndarray, truth: np.ndarray, landmarks: np.ndarray | None, cap_db: float) -> dict:
