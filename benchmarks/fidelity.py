@@ -74,7 +74,6 @@ def main() -> None:
     parser.add_argument("--out-root", type=Path, default=Path("/tmp/fidelity-eval"))
     parser.add_argument("--key", default="fidelity")
     args = parser.parse_args()
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     entry = {"machine": machine_info(), "note": "2-core machine shared with other jobs", "avatars": {}}
     for spec in args.avatars:
         name, subject, run = _avatar(spec)
@@ -86,6 +85,7 @@ def main() -> None:
             rows.append({**_row(m), "eval_seconds": time.perf_counter() - tic})
         _print(name, rows)
         entry["avatars"][name] = {"subject": str(subject), "run": str(run), "rows": rows}
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}   # read late: runs may go in parallel
     results[args.key] = entry
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")

@@ -50,7 +50,7 @@ def test_eval_self_reconstruction_writes_report_metrics_and_plots(demo, capsys):
     for text in ("not computed: no local backbone weights (pass --lpips-weights DIR)",
                  "not SyncNet Sync-C", "AUE analogue", "GaussianFlameTalk", "pixels of a 256x256 crop",
                  "![per-frame PSNR](per_frame_psnr.png)", "## Eyes", "EAR 5th percentile", "Eye-region PSNR",
-                 "## Mouth interior", "sharpness ratio"):
+                 "## Mouth interior", "sharpness ratio", "Offset score profile"):
         assert text in report, text
 
 
