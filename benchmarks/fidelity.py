@@ -16,9 +16,9 @@ import json
 import time
 from pathlib import Path
 
-import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
 from _machine import machine_info
 
+import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
 from talksplat.eval import EvalConfig, evaluate_subject
 
 RESULTS = Path(__file__).parent / "results" / "fidelity.json"

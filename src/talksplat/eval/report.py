@@ -104,8 +104,8 @@ def _sync_section(m: dict) -> list[str]:
     lines = ["## Lip sync", "", (f"Offset and confidence: {sy['label']}. A render in sync measures close to the "
              "real video's own offset; the scorer needs >= 10 s to call a result reliable."), ""]
     lines += _table(["figure", "ours", ref_name], rows)
-    lines += ["", "Offset score profile (held-out variance explained per shift; the peak and its width matter, "
-              "not only the argmax):", ""]
+    lines += ["", ("Offset score profile (held-out variance explained per shift; the peak and its width matter, "
+                   "not only the argmax):"), ""]
     lines += _profile_table(o.get("scores") or [], r.get("scores") or [], ref_name)
     return lines + ["", ("- Envelope: RMS loudness of each frame's own 40 ms of audio (dBFS); opening: inner-lip "
                         "gap / eye-corner distance. Loudness is a weak proxy for sync (it misplaced real clips by "
