@@ -40,10 +40,17 @@ def test_eval_self_reconstruction_writes_report_metrics_and_plots(demo, capsys):
     assert 0 <= st["ours"]["score"] <= 1 and 0 <= st["reference"]["score"] <= 1
     assert m["efficiency"]["train_seconds"] > 0 and m["efficiency"]["render_fps"] > 0
     assert len(m["per_frame"]["psnr_full"]) == 14
+    eyes, mouth = m["eyes"], m["mouth_interior"]
+    assert eyes["ours"]["frames"] == eyes["reference"]["frames"] == 14
+    assert 0 < eyes["reference"]["ear_min"] <= eyes["reference"]["ear_p5"] <= eyes["reference"]["ear_median"] < 1
+    assert eyes["psnr_eye_region_frames"] == 14 and 10 < eyes["psnr_eye_region"] < 100
+    assert len(m["per_frame"]["ear_ours"]) == 14 and len(m["per_frame"]["psnr_mouth_interior"]) == 14
+    assert mouth["frames"] == sum(x is not None for x in m["per_frame"]["psnr_mouth_interior"])
     report = (out / "report.md").read_text()
     for text in ("not computed: no local backbone weights (pass --lpips-weights DIR)",
                  "not SyncNet Sync-C", "AUE analogue", "GaussianFlameTalk", "pixels of a 256x256 crop",
-                 "![per-frame PSNR](per_frame_psnr.png)"):
+                 "![per-frame PSNR](per_frame_psnr.png)", "## Eyes", "EAR 5th percentile", "Eye-region PSNR",
+                 "## Mouth interior", "sharpness ratio", "Offset score profile"):
         assert text in report, text
 
 
@@ -57,6 +64,8 @@ def test_eval_cross_driven_scores_sync_and_stability(demo, tmp_path, capsys):
     assert "not_applicable" in m["image"] and "not_applicable" in m["motion"]
     assert m["sync"]["reference"]["frames"] == 100 and m["sync"]["ours"]["frames"] == 25
     assert m["stability"]["ours"]["frames"] == 25
+    assert m["eyes"]["ours"]["frames"] == 25 and m["eyes"]["reference"]["frames"] == 100
+    assert "psnr_eye_region" not in m["eyes"] and m["mouth_interior"]["psnr"] is None
     assert m["plots"] == ["mouth_vs_envelope.png", "nose_spectra.png"]
     assert "Not applicable" in (out / "report.md").read_text()
 

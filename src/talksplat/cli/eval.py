@@ -47,6 +47,12 @@ def run(args) -> int:
         full, head, mo = m["image"]["full"], m["image"]["head"] or {}, m["motion"]
         print(f"  held-out: PSNR {_f(full['psnr'])} dB (head {_f(head.get('psnr'))} dB), SSIM {_f(full['ssim'], 4)}, "
               f"LMD {_f(mo['lmd_all_px'])} px (mouth {_f(mo['lmd_mouth_px'])} px at {mo['landmark_size']}^2)")
+    eyes, mouth = m["eyes"], m["mouth_interior"]
+    print(f"  blinks/min {_f(eyes['ours']['blinks_per_minute'], 1)} (real {_f(eyes['reference']['blinks_per_minute'], 1)}), "
+          f"EAR p5 {_f(eyes['ours']['ear_p5'], 3)} (real {_f(eyes['reference']['ear_p5'], 3)})"
+          + (f", eye-region PSNR {_f(eyes.get('psnr_eye_region'))} dB" if "psnr_eye_region" in eyes else "")
+          + (f"; mouth interior PSNR {_f(mouth['psnr'])} dB" if mouth.get("psnr") is not None else "")
+          + f", sharpness {_f(mouth['sharpness_ratio'], 2)} of real")
     ours, ref = m["sync"]["ours"], m["sync"]["reference"]
     print(f"  A/V offset {_offset(ours)}; real video {_offset(ref)}; rendering {_f(m['efficiency']['render_fps'], 1)} "
           "frames/s")

@@ -108,6 +108,14 @@ class SubjectData:
             return None
         return slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)
 
+    def landmarks_px(self, t: int) -> np.ndarray | None:
+        """(478, 2) landmarks of frame t in pixels of the training size (pixel centres at integers, as
+        prepare's), or None when the subject has no landmarks."""
+        if self.landmarks is None:
+            return None
+        scale = self.size / self.source_size
+        return (np.asarray(self.landmarks[t], np.float64)[:, :2] + 0.5) * scale - 0.5
+
     def _resized(self, array: np.ndarray, interpolation: str) -> np.ndarray:
         if self.size == self.source_size:
             return np.array(array)  # a writable copy of the memory-mapped frame

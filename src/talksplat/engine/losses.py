@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -70,3 +71,42 @@ def mouth_box_l1(image: Tensor, target: Tensor, labels: Tensor) -> Tensor:
     y0, y1 = max(int(ys.min()) - pad, 0), min(int(ys.max()) + pad + 1, size)
     x0, x1 = max(int(xs.min()) - pad, 0), min(int(xs.max()) + pad + 1, size)
     return (image[y0:y1, x0:x1] - target[y0:y1, x0:x1]).abs().mean()
+
+
+# The eye region: a box around each eye contour, EYE_BOX_WIDTH x the eye's corner-to-corner width
+# wide and EYE_BOX_HEIGHT x that width high, so it holds both lids whether the eye is open or shut
+# (the eye labels of a shut eye cover almost nothing, so boxes come from the landmarks).
+EYE_BOX_WIDTH = 1.3
+EYE_BOX_HEIGHT = 0.7
+
+
+def eye_boxes(landmarks: np.ndarray, height: int, width: int) -> list[tuple[slice, slice]]:
+    """(rows, cols) boxes of the two eyes from one frame's (478, 2+) landmarks in pixels of an image of
+    ``height`` x ``width``; empty when an eye landmark is missing (NaN)."""
+    from talksplat.core.landmarks import LEFT_EYE, RIGHT_EYE
+
+    lm = np.asarray(landmarks, np.float64)[:, :2]
+    if not np.all(np.isfinite(lm[list(LEFT_EYE + RIGHT_EYE)])):
+        return []
+    boxes = []
+    for eye in (RIGHT_EYE, LEFT_EYE):
+        pts = lm[list(eye)]
+        centre = (pts.min(axis=0) + pts.max(axis=0)) / 2
+        eye_width = float(np.ptp(pts[:, 0]))
+        half = np.array([EYE_BOX_WIDTH * eye_width / 2, EYE_BOX_HEIGHT * eye_width / 2])
+        x0, y0 = np.maximum(np.floor(centre - half).astype(int), 0)
+        x1, y1 = np.minimum(np.ceil(centre + half).astype(int) + 1, [width, height])
+        if x1 > x0 and y1 > y0:
+            boxes.append((slice(int(y0), int(y1)), slice(int(x0), int(x1))))
+    return boxes
+
+
+def eye_box_l1(image: Tensor, target: Tensor, landmarks: np.ndarray) -> Tensor:
+    """Mean |image - target| over the two eye boxes (:func:`eye_boxes`; 0 without landmarks): the
+    eyes are ~1% of a 256^2 frame, and a blink, a few frames in a hundred, barely moves a whole-image
+    loss, so without this term the expression-driven motion never learned to close the lids."""
+    boxes = eye_boxes(landmarks, image.shape[0], image.shape[1])
+    if not boxes:
+        return image.new_zeros(())
+    diffs = [(image[rows, cols] - target[rows, cols]).abs().reshape(-1) for rows, cols in boxes]
+    return torch.cat(diffs).mean()

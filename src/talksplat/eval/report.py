@@ -104,9 +104,26 @@ def _sync_section(m: dict) -> list[str]:
     lines = ["## Lip sync", "", (f"Offset and confidence: {sy['label']}. A render in sync measures close to the "
              "real video's own offset; the scorer needs >= 10 s to call a result reliable."), ""]
     lines += _table(["figure", "ours", ref_name], rows)
+    lines += ["", ("Offset score profile (held-out variance explained per shift; the peak and its width matter, "
+                   "not only the argmax):"), ""]
+    lines += _profile_table(o.get("scores") or [], r.get("scores") or [], ref_name)
     return lines + ["", ("- Envelope: RMS loudness of each frame's own 40 ms of audio (dBFS); opening: inner-lip "
                         "gap / eye-corner distance. Loudness is a weak proxy for sync (it misplaced real clips by "
                         "~10 frames); prefer the offset."), ""]
+
+
+PROFILE_SHIFTS = range(-6, 7)   # the shifts shown in the report (metrics.json has all 31)
+
+
+def _profile_table(ours: list, reference: list, ref_name: str) -> list[str]:
+    """Per-shift scores around 0 of ours and the reference (31 scores = shifts -15..+15)."""
+    def row(scores: list) -> list[str]:
+        if len(scores) != 31:
+            return ["n/a"] * len(PROFILE_SHIFTS)
+        return [_f(scores[k + 15], 3) for k in PROFILE_SHIFTS]
+
+    return _table(["shift (frames)"] + [f"{k:+d}" for k in PROFILE_SHIFTS],
+                  [["ours"] + row(ours), [ref_name] + row(reference)])
 
 
 def _stability_section(m: dict) -> list[str]:
@@ -128,6 +145,45 @@ def _stability_section(m: dict) -> list[str]:
                     ("- M_d: mean |v(t+1) - v(t)| of the frame-to-frame motion v; V_m: mean standard deviation "
                     f"of |v| over {st['variability_window']} frames; H_f: mean power above {st['cutoff_hz']:g} Hz "
                     f"in {st['fft_window']}-frame windows. See docs/eval.md."), ""]
+
+
+def _eyes_section(m: dict) -> list[str]:
+    ey = m.get("eyes")
+    if not ey:
+        return []
+    ref_name = "ground truth (same frames)" if m["mode"] == "self" else "real training video (reference)"
+    o, r = ey["ours"], ey["reference"]
+    rows = [["blinks per minute", _f(o["blinks_per_minute"], 1), _f(r["blinks_per_minute"], 1)],
+            ["blinks", _f(o["blinks"]), _f(r["blinks"])],
+            ["EAR median", _f(o["ear_median"], 3), _f(r["ear_median"], 3)],
+            ["EAR 5th percentile", _f(o["ear_p5"], 3), _f(r["ear_p5"], 3)],
+            ["EAR minimum", _f(o["ear_min"], 3), _f(r["ear_min"], 3)],
+            ["seconds (frames with a face)", f"{_f(o['seconds'], 1)} ({o['frames_with_face']})",
+             f"{_f(r['seconds'], 1)} ({r['frames_with_face']})"]]
+    lines = ["## Eyes", "", f"{ey['label']}.", ""] + _table(["figure", "ours", ref_name], rows)
+    if "psnr_eye_region" in ey:
+        lines += ["", (f"- Eye-region PSNR: {_f(ey['psnr_eye_region'])} dB over {ey['psnr_eye_region_frames']} "
+                       "frames (two boxes around the ground truth's eye contours, 1.3 x 0.7 eye widths: both lids, "
+                       "open or shut).")]
+    lines += [("- Blink rates over a few seconds are noisy (one blink in 3 s is 20 per minute); compare them "
+               "over the longer cross-driven renders too."), ""]
+    return lines
+
+
+def _mouth_section(m: dict) -> list[str]:
+    mi = m.get("mouth_interior")
+    if not mi:
+        return []
+    lines = ["## Mouth interior", "", f"{mi['label']}.", ""]
+    rows = [["gradient energy, ours", _f(mi["gradient_energy_ours"], 5)],
+            [f"gradient energy, {mi['reference']}", _f(mi["gradient_energy_reference"], 5)],
+            ["sharpness ratio (ours / reference; 1 = as much detail)", _f(mi["sharpness_ratio"], 3)]]
+    if mi.get("psnr") is not None:
+        rows.insert(0, ["PSNR inside the inner lips (dB)", _f(mi["psnr"])])
+        rows.append(["frames with an open mouth", _f(mi["frames"])])
+    else:
+        rows.append(["frames with an open mouth (ours, reference)", f"{mi['frames_ours']}, {mi['frames_reference']}"])
+    return lines + _table(["figure", "value"], rows) + [""]
 
 
 def _efficiency_section(m: dict) -> list[str]:
@@ -154,7 +210,8 @@ def render_report(m: dict) -> str:
         title = f"driven by {m['audio']}"
     lines = [f"# talksplat eval: {title}", "",
              f"Subject `{m['subject']}`, run `{m['run']}` ({m['recipe']}).", ""]
-    lines += _image_section(m) + _motion_section(m) + _sync_section(m) + _stability_section(m)
+    lines += _image_section(m) + _motion_section(m) + _eyes_section(m) + _mouth_section(m) + _sync_section(m)
+    lines += _stability_section(m)
     lines += _efficiency_section(m)
     captions = {"per_frame_psnr.png": "per-frame PSNR", "mouth_vs_envelope.png": "mouth opening vs audio envelope",
                 "nose_spectra.png": "nose trajectory spectra"}

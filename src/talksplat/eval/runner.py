@@ -42,7 +42,16 @@ LABELS = {
     "lmd": "LMD: MediaPipe FaceMesh landmarks of render vs ground truth, mean Euclidean distance, no alignment",
     "stability": ("GaussianFlameTalk Sec. 3.3 stability on the nose trajectory; each component normalised by "
                   "its maximum over both videos (ours and the reference); higher = less stable"),
+    "eyes": ("eye aspect ratio (EAR, mean of both eyes: three lid gaps over the corner distance) of FaceMesh "
+             "landmarks tracked on each video; a blink = EAR below "
+             f"{M.BLINK_CLOSURE:g} x that video's median, closures "
+             f"<= {M.BLINK_MERGE_GAP} frames apart merged"),
+    "mouth_interior": ("inside the inner-lip polygon (ground-truth landmarks in self-reconstruction; each "
+                       "video's own tracked landmarks cross-driven): PSNR and gradient energy (mean squared "
+                       "Sobel magnitude of the luminance, a sharpness proxy, not a perceptual teeth score)"),
 }
+# A mouth interior smaller than this fraction of the frame (lips nearly closed) is not scored.
+MIN_MOUTH_INTERIOR_FRACTION = 2.5e-4
 
 
 @dataclass
@@ -202,6 +211,7 @@ def _self_reconstruction(renderer, config: EvalConfig, lpips_model) -> tuple[dic
                 head = {k[:-5]: math.nan for k in scores}
                 scores["head_box_px"] = math.nan
             scores.update({f"{k}_head": v for k, v in head.items()})
+            scores.update(_region_scores(rendered, truth, _truth_landmarks(data, int(t)), config.psnr_cap_db))
             for k, v in scores.items():
                 per_frame.setdefault(k, []).append(v)
             # Motion metrics track the render over a fixed backdrop: a frame's own backdrop (its real
@@ -218,8 +228,42 @@ def _self_reconstruction(renderer, config: EvalConfig, lpips_model) -> tuple[dic
         "motion": _motion_summary(clip, renderer.subject_dir, config),
         "sync": _sync_summary(clip),
         "stability": _stability_summary(clip, config),
+        "eyes": _eyes_summary(clip, per_frame),
+        "mouth_interior": _mouth_interior_summary(per_frame, "ground truth (same frames)"),
     }
     return result, clip
+
+
+def _truth_landmarks(data, t: int) -> np.ndarray | None:
+    """Prepare's landmarks of real frame t in pixels of the training size."""
+    return data.landmarks_px(t)
+
+
+def _region_scores(rendered: np.ndarray, truth: np.ndarray, landmarks: np.ndarray | None, cap_db: float) -> dict:
+    """Eye-region PSNR and mouth-interior PSNR / gradient energy of one frame (NaN where not measurable:
+    no landmarks, or lips too close to hold an interior)."""
+    out = {"psnr_eyes": math.nan, "mouth_interior_px": 0, "psnr_mouth_interior": math.nan,
+           "gradient_mouth_ours": math.nan, "gradient_mouth_truth": math.nan}
+    if landmarks is None:
+        return out
+    shape = rendered.shape[:2]
+    out["psnr_eyes"] = M.masked_psnr(rendered, truth, M.eye_region_mask(landmarks, shape), cap_db)
+    mouth = M.mouth_interior_mask(landmarks, shape)
+    out["mouth_interior_px"] = int(mouth.sum())
+    if mouth.sum() >= MIN_MOUTH_INTERIOR_FRACTION * mouth.size:
+        out["psnr_mouth_interior"] = M.masked_psnr(rendered, truth, mouth, cap_db)
+        out["gradient_mouth_ours"] = M.gradient_energy(rendered, mouth)
+        out["gradient_mouth_truth"] = M.gradient_energy(truth, mouth)
+    return out
+
+
+def _own_mouth_gradient(frame: np.ndarray, landmarks: np.ndarray, landmark_size: int) -> float:
+    """Gradient energy inside a frame's own tracked inner-lip polygon (NaN: no face or lips closed)."""
+    lm = np.asarray(landmarks, np.float64)[:, :2] * (frame.shape[0] / landmark_size)
+    mouth = M.mouth_interior_mask(lm, frame.shape[:2])
+    if mouth.sum() < MIN_MOUTH_INTERIOR_FRACTION * mouth.size:
+        return math.nan
+    return M.gradient_energy(frame, mouth)
 
 
 @torch.no_grad()
@@ -241,7 +285,7 @@ def _cross_driven(renderer, audio: Path, samples: np.ndarray, config: EvalConfig
 
     n = num_frames_for_samples(len(samples))
     data = renderer.data
-    ours, seconds = [], []
+    ours, seconds, gradient_ours = [], [], []
     generator = renderer.render_frames(samples, RenderOptions(pose=config.pose))
     with S.LandmarkTracker(config.landmark_size) as tracker:
         for _ in _progress(range(n), n, "eval: rendering the driven clip", config.progress):
@@ -249,13 +293,17 @@ def _cross_driven(renderer, audio: Path, samples: np.ndarray, config: EvalConfig
             frame = next(generator)
             seconds.append(time.perf_counter() - tic)
             ours.append(tracker(frame))
+            gradient_ours.append(_own_mouth_gradient(frame, ours[-1], config.landmark_size))
     n_ref = min(data.n_frames, max(M.STABILITY_MIN_FRAMES, round(config.reference_max_seconds * FPS)))
+    reference, gradient_ref = [], []
     with S.LandmarkTracker(config.landmark_size) as tracker:
-        reference = [tracker(_uint8(data.image(t)))
-                     for t in _progress(range(n_ref), n_ref, "eval: tracking the real video", config.progress)]
+        for t in _progress(range(n_ref), n_ref, "eval: tracking the real video", config.progress):
+            real = _uint8(data.image(t))
+            reference.append(tracker(real))
+            gradient_ref.append(_own_mouth_gradient(real, reference[-1], config.landmark_size))
     ref_samples = _audio_slice(_subject_audio(renderer), 0, n_ref)
     clip = _Clip(np.arange(n), np.stack(ours), np.stack(reference), _audio_slice(samples, 0, n), ref_samples,
-                 {"frame": list(range(n))}, seconds)
+                 {"frame": list(range(n)), "gradient_mouth_ours": gradient_ours}, seconds)
     result = {
         "mode": "cross",
         "audio": str(Path(audio).resolve()),
@@ -265,6 +313,14 @@ def _cross_driven(renderer, audio: Path, samples: np.ndarray, config: EvalConfig
         "motion": {"not_applicable": "cross-driven: there is no ground-truth video for this audio"},
         "sync": _sync_summary(clip),
         "stability": _stability_summary(clip, config),
+        "eyes": _eyes_summary(clip, clip.per_frame),
+        "mouth_interior": {"label": LABELS["mouth_interior"],
+                           "psnr": None, "not_applicable": "cross-driven: no ground truth for a PSNR",
+                           "gradient_energy_ours": _mean(gradient_ours), "gradient_energy_reference": _mean(gradient_ref),
+                           "sharpness_ratio": _ratio(_mean(gradient_ours), _mean(gradient_ref)),
+                           "frames_ours": int(np.isfinite(gradient_ours).sum()),
+                           "frames_reference": int(np.isfinite(gradient_ref).sum()),
+                           "reference": "real training video (reference)"},
     }
     return result, clip
 
@@ -276,6 +332,34 @@ def _mean(values) -> float:
     x = np.asarray(values, np.float64)
     x = x[np.isfinite(x)]
     return float(x.mean()) if x.size else math.nan
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if math.isfinite(a) and math.isfinite(b) and b > 0 else math.nan
+
+
+def _eyes_summary(clip: _Clip, per_frame: dict[str, list]) -> dict:
+    """Blinks per minute and the EAR distribution of ours and the reference, and (self-reconstruction)
+    the eye-region PSNR."""
+    ear_ours, ear_ref = S.eye_aspect_ratio(clip.ours), S.eye_aspect_ratio(clip.reference)
+    per_frame["ear_ours"], per_frame["ear_reference"] = ear_ours.tolist(), ear_ref.tolist()
+    ours, ref = M.blink_statistics(ear_ours), M.blink_statistics(ear_ref)
+    out = {"label": LABELS["eyes"], "ours": ours, "reference": ref, "closure": M.BLINK_CLOSURE,
+           "blink_rate_ratio": _ratio(ours["blinks_per_minute"] or 0.0, ref["blinks_per_minute"] or 0.0),
+           "ear_p5_difference": (ours["ear_p5"] - ref["ear_p5"]
+                                 if ours["ear_p5"] is not None and ref["ear_p5"] is not None else None)}
+    if "psnr_eyes" in per_frame:
+        out["psnr_eye_region"] = _mean(per_frame["psnr_eyes"])
+        out["psnr_eye_region_frames"] = int(np.isfinite(per_frame["psnr_eyes"]).sum())
+    return out
+
+
+def _mouth_interior_summary(per_frame: dict[str, list], reference: str) -> dict:
+    ours, truth = _mean(per_frame["gradient_mouth_ours"]), _mean(per_frame["gradient_mouth_truth"])
+    return {"label": LABELS["mouth_interior"], "psnr": _mean(per_frame["psnr_mouth_interior"]),
+            "gradient_energy_ours": ours, "gradient_energy_reference": truth, "sharpness_ratio": _ratio(ours, truth),
+            "frames": int(np.isfinite(per_frame["psnr_mouth_interior"]).sum()),
+            "min_interior_fraction": MIN_MOUTH_INTERIOR_FRACTION, "reference": reference}
 
 
 def _image_summary(per_frame: dict[str, list], size: int, config: EvalConfig, with_lpips: bool) -> dict:

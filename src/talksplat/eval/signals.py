@@ -140,3 +140,21 @@ def normalise_expressions(core_raw: np.ndarray, zero: np.ndarray, one: np.ndarra
     """(T, 7) raw measurements -> coefficients in [0, 1] with a fixed mapping (NaN rows stay NaN)."""
     span = np.where(one != zero, one - zero, 1e-9)
     return np.clip((np.asarray(core_raw, np.float64) - zero) / span, 0.0, 1.0)
+
+
+def eye_aspect_ratio(landmarks: np.ndarray) -> np.ndarray:
+    """(T,) eye aspect ratio, mean of both eyes (``features.expression.eye_opening``: mean of three
+    lid gaps over the corner-to-corner width, on the 3D landmarks), NaN where no face was found.
+
+    A ratio of distances, so neither the resolution nor the head's in-plane pose enters it."""
+    from talksplat.core.landmarks import LEFT_EYE_CORNERS, RIGHT_EYE_CORNERS
+    from talksplat.features.expression import LEFT_EYE_LIDS, RIGHT_EYE_LIDS, eye_opening
+
+    lm = np.asarray(landmarks, np.float64)
+    out = np.full(len(lm), np.nan)
+    ok = detected(lm)
+    if ok.any():
+        both = (eye_opening(lm[ok], LEFT_EYE_LIDS, LEFT_EYE_CORNERS) + eye_opening(lm[ok], RIGHT_EYE_LIDS,
+                                                                                  RIGHT_EYE_CORNERS))
+        out[ok] = both / 2
+    return out
