@@ -43,7 +43,7 @@ from talksplat.data.subject import SubjectData
 from talksplat.engine.conditioning import window_extent
 from talksplat.engine.config import RecipeConfig
 from talksplat.engine.contract import Batch, Conditioner, Conditions, Recipe, Stage, View, placeholder_points
-from talksplat.engine.losses import mouth_box_l1, ssim
+from talksplat.engine.losses import eye_box_l1, mouth_box_l1, ssim
 from talksplat.errors import UsageError
 from talksplat.features.expression import CORE_NAMES
 from talksplat.features.expression_generator import (
@@ -103,6 +103,9 @@ class SyncTalkPPLosses:
     l1: float = 0.8
     dssim: float = 0.2
     mouth_box: float = 2.0               # extra L1 on the lips' box in the deform stage (as TalkingGaussian)
+    # extra L1 on the eyes' landmark boxes in the deform stage (shared with TalkingGaussian, docs/fidelity.md):
+    # without it the expression coefficients never learned to close the eyes
+    eye_box: float = 2.0
     vq_reconstruction: float = 1.0
     vq_codebook: float = 1.0
     vq_commitment: float = 0.25          # beta (van den Oord et al.)
@@ -372,6 +375,8 @@ class SyncTalkPP(Recipe):
         terms = {"l1": (image - target).abs().mean(), "dssim": 1 - ssim(image, target)}
         if stage.deform and self.cfg.losses.mouth_box > 0:
             terms["mouth_box"] = mouth_box_l1(image, target, self.data.labels(batch.frame))
+        if stage.deform and self.cfg.losses.eye_box > 0 and self.data.landmarks is not None:
+            terms["eye_box"] = eye_box_l1(image, target, self.data.landmarks_px(batch.frame))
         return terms
 
     def _generator_losses(self) -> dict[str, Tensor]:
