@@ -30,11 +30,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
+
+# isort: split
 import numpy as np
 import torch
 from _machine import machine_info
 
-import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
 from talksplat.core.constants import FPS, SAMPLES_PER_FRAME
 from talksplat.eval import EvalConfig, evaluate_subject
 from talksplat.eval import metrics as M

@@ -286,7 +286,9 @@ def _cross_driven(renderer, audio: Path, samples: np.ndarray, config: EvalConfig
     n = num_frames_for_samples(len(samples))
     data = renderer.data
     ours, seconds, gradient_ours = [], [], []
-    generator = renderer.render_frames(samples, RenderOptions(pose=config.pose))
+    # the expression source `talksplat render` uses by default (SyncTalk++: generated from the audio)
+    options = RenderOptions(pose=config.pose, expression=renderer.conditioner.default_expression)
+    generator = renderer.render_frames(samples, options)
     with S.LandmarkTracker(config.landmark_size) as tracker:
         for _ in _progress(range(n), n, "eval: rendering the driven clip", config.progress):
             tic = time.perf_counter()
