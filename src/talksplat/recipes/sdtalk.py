@@ -57,7 +57,7 @@ from talksplat.data.subject import SubjectData
 from talksplat.engine.config import RecipeConfig
 from talksplat.engine.contract import Stage
 from talksplat.engine.distributed import PretrainJob
-from talksplat.engine.losses import mouth_box_l1, ssim
+from talksplat.engine.losses import mouth_box_l1, structure_loss
 from talksplat.errors import TalksplatError, UsageError
 from talksplat.fields.hashgrid import HashGridConfig
 from talksplat.fields.motion import (
@@ -549,7 +549,7 @@ class SDTalkModel(nn.Module):
         code = self.audio_code(sample.audio, sample.target_frame) if motion else None
         out = self.render(self.drive(lifted, code), sample.target_w2c, sample.source.K)
         image, target = out["image"], sample.target_image
-        terms = {"l1": (image - target).abs().mean(), "perceptual_substitute": perceptual_substitute(image, target)}
+        terms = {"l1": (image - target).abs().mean(), "perceptual_substitute": structure_loss(image, target)}
         if motion:
             terms["lip"] = mouth_box_l1(image, target, sample.target_labels)
         else:
@@ -588,17 +588,6 @@ def rotation_to_quat(R: Tensor) -> Tensor:
         s = torch.sqrt(1 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
         q = torch.stack([(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, s / 4])
     return q.float()
-
-
-def image_gradients(image: Tensor) -> tuple[Tensor, Tensor]:
-    return image[:, 1:] - image[:, :-1], image[1:] - image[:-1]
-
-
-def perceptual_substitute(image: Tensor, target: Tensor) -> Tensor:
-    """D-SSIM plus image-gradient L1: structure and edges. A SUBSTITUTE for LPIPS (no offline weights)."""
-    gx, gy = image_gradients(image)
-    tx, ty = image_gradients(target)
-    return (1 - ssim(image, target)) + (gx - tx).abs().mean() + (gy - ty).abs().mean()
 
 
 def lifting_distance(vertices: Tensor, means: Tensor) -> Tensor:

@@ -43,7 +43,7 @@ from talksplat.data.subject import SubjectData
 from talksplat.engine.conditioning import window_extent
 from talksplat.engine.config import RecipeConfig
 from talksplat.engine.contract import Batch, Conditioner, Conditions, Recipe, Stage, View, placeholder_points
-from talksplat.engine.losses import eye_box_l1, mouth_box_l1, ssim
+from talksplat.engine.losses import eye_box_l1, mouth_box_l1, ssim, structure_loss
 from talksplat.errors import UsageError
 from talksplat.features.expression import CORE_NAMES
 from talksplat.features.expression_generator import (
@@ -76,8 +76,7 @@ from talksplat.gaussians import rasterize
 from talksplat.gaussians.gaussian_set import DensifyConfig, GaussianSet
 from talksplat.gaussians.model import GaussianLearningRates
 from talksplat.gaussians.sh import eval_sh, num_sh_coefficients, rgb_to_sh_dc, view_directions
-from talksplat.recipes.talkinggaussian import seed_points
-from talksplat.recipes.unigs import POSE_DIM, patch_structure_loss, pose_statistics, pose_vector
+from talksplat.recipes.parts import POSE_DIM, pose_statistics, pose_vector, seed_points
 
 SET_NAME = "face"
 AUDIO_CONDITIONS = ("sync", "mel")
@@ -393,7 +392,7 @@ class SyncTalkPP(Recipe):
         ys, xs = torch.nonzero(hole > 0.5, as_tuple=True)
         if len(ys) and int(ys.max() - ys.min()) >= 11 and int(xs.max() - xs.min()) >= 11:
             box = (slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1))
-            terms["restore_perceptual"] = patch_structure_loss(restored[box], image[box])
+            terms["restore_perceptual"] = structure_loss(restored[box], image[box])
         else:
             terms["restore_perceptual"] = restored.new_zeros(())
         return terms

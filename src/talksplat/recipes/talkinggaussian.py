@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from talksplat.core.labels import HEAD_LABELS, INSIDE_MOUTH
 from talksplat.data.samplers import IncrementalSamplingConfig, make_sampler
 from talksplat.data.subject import SubjectData
 from talksplat.engine.conditioning import SPEECH_CONDITIONS, AudioExpressionConditioner, SpeechCondition
@@ -42,8 +41,8 @@ from talksplat.fields.motion import (
 from talksplat.gaussians import rasterize
 from talksplat.gaussians.gaussian_set import DensifyConfig, GaussianSet
 from talksplat.gaussians.model import GaussianLearningRates
+from talksplat.recipes.parts import seed_points
 
-MOUTH_DEPTH_BEHIND_LIPS_MM = 8.0  # the mouth interior starts a little behind the lip surface
 AUDIO_CONDITIONS = SPEECH_CONDITIONS
 
 
@@ -242,47 +241,3 @@ class TalkingGaussian(Recipe):
 
 def _motion_field(cfg: MotionFieldConfig, points: Tensor) -> MotionField:
     return MotionField(cfg, points.min(0).values, points.max(0).values)
-
-
-# ------------------------------------------------------------------------------------ initialisation
-def seed_points(data: SubjectData, n_face: int, n_mouth: int, rng: np.random.Generator):
-    """Back-projects head pixels of a training frame to 3D using the fitted template's depth.
-
-    The face template (in the head/world frame, mm) is projected into the frame; pixel depths are
-    interpolated from its vertices (nearest outside the face, so hair sits at the face's edge
-    depth). Inside-mouth points come from the frame with the widest lip opening, a little behind
-    the lips. Returns (face_points [n,3], face_colors [n,3], mouth_points, mouth_colors).
-    """
-    from talksplat.tracking.template import load_canonical_template
-
-    template = torch.tensor(load_canonical_template().vertices, dtype=torch.float32)
-    first = int(data.train_frames[0])
-    widest = int(data.train_frames[np.argmax(data.lip_open[data.train_frames])])
-    face = _backproject(data, first, template, HEAD_LABELS[:-1], n_face, rng, depth_offset=0.0)
-    mouth = _backproject(data, widest, template, (INSIDE_MOUTH,), n_mouth, rng,
-                         depth_offset=MOUTH_DEPTH_BEHIND_LIPS_MM)
-    return (*face, *mouth)
-
-
-def _backproject(data: SubjectData, t: int, template: Tensor, labels, n: int, rng, depth_offset: float):
-    from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
-
-    w2c = data.w2c[t]
-    cam = template @ w2c[:3, :3].T + w2c[:3, 3]
-    uv = (cam[:, :2] / cam[:, 2:3]) * torch.stack([data.K[0, 0], data.K[1, 1]]) + data.K[:2, 2]
-    label_map = data.labels(t).numpy()
-    ys, xs = np.nonzero(np.isin(label_map, labels))
-    if len(xs) == 0:  # e.g. a closed mouth everywhere: seed at the template's mouth region
-        ys, xs = np.nonzero(label_map == label_map[int(uv[13, 1]), int(uv[13, 0])])
-    pick = rng.choice(len(xs), size=n, replace=len(xs) < n)
-    px = np.stack([xs[pick], ys[pick]], -1).astype(np.float64) + rng.uniform(0, 1, (n, 2))
-    linear = LinearNDInterpolator(uv.numpy(), cam[:, 2].numpy())
-    nearest = NearestNDInterpolator(uv.numpy(), cam[:, 2].numpy())
-    z = linear(px)
-    z = np.where(np.isnan(z), nearest(px), z) + depth_offset
-    K = data.K.numpy()
-    x_cam = np.stack([(px[:, 0] - K[0, 2]) / K[0, 0] * z, (px[:, 1] - K[1, 2]) / K[1, 1] * z, z], -1)
-    c2w = torch.linalg.inv(w2c).numpy()
-    world = x_cam @ c2w[:3, :3].T + c2w[:3, 3]
-    colors = data.image(t).numpy()[ys[pick], xs[pick]]
-    return torch.tensor(world, dtype=torch.float32), torch.tensor(colors, dtype=torch.float32)

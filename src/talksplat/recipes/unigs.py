@@ -38,7 +38,7 @@ from talksplat.data.subject import SubjectData
 from talksplat.engine.conditioning import SPEECH_CONDITIONS, AudioExpressionConditioner, SpeechCondition
 from talksplat.engine.config import RecipeConfig
 from talksplat.engine.contract import Batch, Conditions, Recipe, Stage, View, placeholder_points
-from talksplat.engine.losses import ssim
+from talksplat.engine.losses import ssim, structure_loss
 from talksplat.features.expression import CORE_NAMES
 from talksplat.fields.hashgrid import HashGridConfig
 from talksplat.fields.motion import (
@@ -52,17 +52,13 @@ from talksplat.fields.motion import (
 from talksplat.gaussians import rasterize
 from talksplat.gaussians.gaussian_set import DensifyConfig, GaussianSet
 from talksplat.gaussians.model import GaussianLearningRates
+from talksplat.recipes.parts import POSE_DIM, pose_statistics, pose_vector
 
 AUDIO_CONDITIONS = SPEECH_CONDITIONS
 SET_NAME = "portrait"
 # Eye features fed to the deformation: the eye-blink coefficients of the expression condition.
 EYE_FEATURES = ("eyeBlinkLeft", "eyeBlinkRight")
 EYE_COLUMNS = tuple(CORE_NAMES.index(name) for name in EYE_FEATURES)
-# Head pose condition: the camera's rotation (9 entries) and translation (3) in the head frame.
-POSE_DIM = 12
-# Pose entries are standardised by their spread over the training frames; entries that barely vary
-# (a still camera axis) are divided by at least this much, so noise is not blown up.
-POSE_STD_FLOOR = {"rotation": 1e-3, "translation": 1e-1}
 # Region L1 terms: label values of each region (core.labels). "torso" covers torso and neck: both
 # are what TalkingGaussian copies from the frame and UniGS renders.
 REGIONS = {"mouth": (LIPS, INSIDE_MOUTH), "hair": (HAIR,), "torso": (TORSO, NECK)}
@@ -270,7 +266,7 @@ class UniGS(Recipe):
         # the mean of their SSIMs), far fewer small convolutions on the CPU.
         patches = torch.cat([image[y:y + side, x:x + side] for y, x in corners], dim=-1)
         targets = torch.cat([target[y:y + side, x:x + side] for y, x in corners], dim=-1)
-        return patch_structure_loss(patches, targets)
+        return structure_loss(patches, targets)
 
     def summary_extras(self) -> dict:
         extras = {"patch_perceptual": "substitute for LPIPS: D-SSIM + image-gradient L1 on random patches"}
@@ -295,18 +291,6 @@ def motion_magnitude(d: Deformation) -> Tensor:
         d.d_log_scales.abs().mean()
 
 
-def image_gradients(image: Tensor) -> tuple[Tensor, Tensor]:
-    return image[:, 1:] - image[:, :-1], image[1:] - image[:-1]
-
-
-def patch_structure_loss(patch: Tensor, target: Tensor) -> Tensor:
-    """D-SSIM plus the L1 between image gradients of a patch (H, W, C) and its target: structure and
-    edges, the offline substitute for LPIPS."""
-    gx, gy = image_gradients(patch)
-    tx, ty = image_gradients(target)
-    return (1 - ssim(patch, target)) + (gx - tx).abs().mean() + (gy - ty).abs().mean()
-
-
 def patch_side(size: int, cfg: PatchLossConfig) -> int:
     return min(size, max(cfg.min_size, round(size * cfg.size_fraction)))
 
@@ -326,19 +310,6 @@ def patch_corners(labels: Tensor, cfg: PatchLossConfig, rng: np.random.Generator
 def _corner(centre: int, side: int, size: int) -> int:
     """The first row (or column) of a ``side``-pixel window centred near ``centre``, inside the image."""
     return int(min(max(int(centre) - side // 2, 0), size - side))
-
-
-# ------------------------------------------------------------------------------------ conditions
-def pose_vector(w2c: Tensor) -> Tensor:
-    """(..., 4, 4) camera -> (..., 12): rotation entries then translation."""
-    return torch.cat([w2c[..., :3, :3].flatten(-2), w2c[..., :3, 3]], dim=-1)
-
-
-def pose_statistics(w2c: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and (floored) std of :func:`pose_vector` over frames (T, 4, 4)."""
-    poses = pose_vector(w2c.float())
-    floor = torch.tensor([POSE_STD_FLOOR["rotation"]] * 9 + [POSE_STD_FLOOR["translation"]] * 3)
-    return poses.mean(0), torch.maximum(poses.std(0), floor)
 
 
 # ------------------------------------------------------------------------------------ initialisation
