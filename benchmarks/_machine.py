@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -44,3 +45,11 @@ def machine_info() -> dict:
         "load_average": os.getloadavg(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def save_result(path: Path, key: str, result: dict) -> None:
+    """Stores ``result`` under ``key`` in the JSON file ``path``, keeping the other keys; called after
+    each finished part, so a long run that dies keeps what it measured."""
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[key] = result
+    path.write_text(json.dumps(results, indent=1, default=str))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _machine import machine_info
+from _machine import machine_info, save_result
 
 import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
 from talksplat.engine.config import apply_overrides
@@ -108,7 +108,7 @@ def main() -> None:
                         "gaussians": summary["gaussians"], "ms_per_iteration_median": summary["ms_per_iteration_median"],
                         "threads": summary["threads"], "self": _self_eval(args.subject, name), "driven": {}}
         print(json.dumps({name: result[name]}, indent=1), flush=True)
-        _save(result, key)
+        save_result(RESULTS, key, result)
     result["flametalk_alone_held_out_mouth_vertex_rms_mm"] = _flametalk_alone(args.subject)
     joint: dict = {}
     result["stability_joint"] = {"label": "GaussianFlameTalk Sec. 3.3 stability of the nose track; components "
@@ -123,17 +123,10 @@ def main() -> None:
         scored = M.stability_scores(list(tracks.values()))
         joint[audio.name] = {k: s.score for k, s in zip(tracks, scored, strict=True)}
         print(json.dumps({audio.name: joint[audio.name]}), flush=True)
-        _save(result, key)
+        save_result(RESULTS, key, result)
     print(json.dumps(result, indent=1))
-    _save(result, key)
+    save_result(RESULTS, key, result)
     print(f"wrote {RESULTS}")
-
-
-def _save(result: dict, key: str) -> None:
-    """Writes what is measured so far (a long run that dies keeps its finished parts)."""
-    all_results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    all_results[key] = result
-    RESULTS.write_text(json.dumps(all_results, indent=1))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings a
 # isort: split
 import numpy as np
 import torch
-from _machine import machine_info
+from _machine import machine_info, save_result
 
 from talksplat.core.constants import FPS, SAMPLES_PER_FRAME
 from talksplat.eval import EvalConfig, evaluate_subject
@@ -181,7 +181,7 @@ def main() -> None:
     result: dict = {"machine": machine_info(), "subject": str(args.subject), "runs": {}, "driven": {},
                     "note": "machine shared with other engineers' jobs (load average 10-16 on 2 cores)"}
     result["real_video_blinks"] = _real_blinks(args.subject)
-    _save(result, key)
+    save_result(RESULTS, key, result)
     for name, run in runs.items():
         summary = json.loads((Path(run) / "summary.json").read_text())
         entry = {"train_seconds": summary["train_seconds"], "iterations": summary["iterations"],
@@ -191,7 +191,7 @@ def main() -> None:
             entry["self"] = _self_eval(args.subject, name, Path(run))
         result["runs"][name] = entry
         print(json.dumps({name: entry.get("self")}), flush=True)
-        _save(result, key)
+        save_result(RESULTS, key, result)
     full = next(iter(runs))
     for audio in args.audio:
         samples = load_driving_audio(audio)
@@ -207,7 +207,7 @@ def main() -> None:
                 scores = _driven(renderer, samples, expression, restorer)
                 per_audio[f"{name}/{variant}"] = scores
                 print(json.dumps({audio.name: {f"{name}/{variant}": scores}}), flush=True)
-                _save(result, key)
+                save_result(RESULTS, key, result)
     for audio in args.blink_audio:
         samples = load_driving_audio(audio)
         renderer = Renderer.open(args.subject, run=Path(runs[full]))
@@ -215,17 +215,10 @@ def main() -> None:
         per_audio["generator_coefficient_blinks"] = _generator_blink_rate(renderer, samples)
         per_audio[f"{full}/full"] = _driven(renderer, samples, "generated", True)
         print(json.dumps({audio.name: per_audio}), flush=True)
-        _save(result, key)
+        save_result(RESULTS, key, result)
     print(json.dumps(result, indent=1))
-    _save(result, key)
+    save_result(RESULTS, key, result)
     print(f"wrote {RESULTS}")
-
-
-def _save(result: dict, key: str) -> None:
-    """Writes what is measured so far (a long run that dies keeps its finished parts)."""
-    all_results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    all_results[key] = result
-    RESULTS.write_text(json.dumps(all_results, indent=1, default=str))
 
 
 if __name__ == "__main__":
