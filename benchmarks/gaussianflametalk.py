@@ -22,11 +22,13 @@ import argparse
 import json
 from pathlib import Path
 
+import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
+
+# isort: split
 import numpy as np
 import torch
 from _machine import machine_info, save_result
 
-import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
 from talksplat.engine.config import apply_overrides
 from talksplat.engine.trainer import TrainerConfig, train
 from talksplat.eval import EvalConfig, evaluate_subject

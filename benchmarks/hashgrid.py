@@ -20,10 +20,12 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
+
+# isort: split
 import torch
 from _machine import machine_info
 
-import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
 from talksplat.fields import (
     HashGridConfig,
     backend_status,

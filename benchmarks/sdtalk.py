@@ -38,11 +38,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
+
+# isort: split
 import numpy as np
 import torch
 from _machine import machine_info
-
-import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
 
 RESULTS = Path(__file__).parent / "results" / "sdtalk.json"
 WARMUP = 2
