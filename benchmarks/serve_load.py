@@ -23,6 +23,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -227,9 +228,11 @@ def main() -> int:
     args = parser.parse_args()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    server_log = tempfile.TemporaryFile(mode="w+")  # the server's own words, shown if it fails to start
+    load_before = os.getloadavg()
     server = subprocess.Popen([sys.executable, "-m", "talksplat.cli.main", "serve", str(args.subject),
                                "--port", str(port), "--max-sessions", str(max(args.sessions))],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=server_log)
     try:
         import urllib.request
 
@@ -241,11 +244,13 @@ def main() -> int:
                     break
             except OSError:
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the server did not start") from None
+                    server_log.seek(0)
+                    said = [line for line in server_log.read().splitlines() if line.strip()]
+                    raise SystemExit("the server did not start" + (f": {said[-1]}" if said else "")) from None
                 time.sleep(0.5)
         results = {"what": "talksplat serve under load (benchmarks/serve_load.py)", "subject": str(args.subject),
-                   "avatar": avatar, "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with "
-                   "other jobs while measured (see machine_cpu_cores_busy)",
+                   "avatar": avatar, "machine": f"{platform.machine()}, {os.cpu_count()} cores; load average "
+                   f"{load_before[0]:.2f} before the server started (other jobs: see machine_cpu_cores_busy)",
                    "utterance": {"seconds": UTTERANCE_SECONDS, "every_s": UTTERANCE_PERIOD_S}, "runs": []}
         if args.sync:
             results["sync"] = measure_sync(base, avatar["name"])
