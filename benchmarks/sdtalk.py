@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/sdtalk.py throughput SUBJECT_DIR... [--size 256] [--steps 6] [--name NAME]
     .venv/bin/python benchmarks/sdtalk.py fps MODEL_DIR SUBJECT_DIR [--frames 50] [--name NAME]
-    .venv/bin/python benchmarks/sdtalk.py loo MODEL_DIR HELD_OUT_SUBJECT [--name NAME]
+    .venv/bin/python benchmarks/sdtalk.py loo MODEL_DIR HELD_OUT_SUBJECT [--name NAME] [--tg-iters A B C --work DIR]
 
 ``throughput`` runs ``talksplat pretrain`` twice from scratch with the same global batch (2 samples
 per step): 1 process x batch 2 with all cores' threads, then ``--nproc 2`` x batch 1 with
@@ -20,8 +20,12 @@ re-enacted from its own audio and its own cameras (self-reenactment). Against th
 SSIM (eval.metrics), lip LMD in pixels at the model's size and the Pearson r of the inner-lip
 opening (FaceMesh on render and real frame, normalised by the inter-ocular distance). Baselines:
 the source image held still (frame 0 repeated) and the model's reconstruction without motion
-(stage 1 only). The paper's second baseline (a TalkingGaussian avatar trained on the single frame)
-is not run here.
+(stage 1 only); with ``--tg-iters A B C`` also the paper's second baseline, a TalkingGaussian avatar
+trained on the single frame: a copy of the held-out subject (under ``--work``) in which every frame
+shows frame 0 (image, labels, landmarks, expressions; the training frames also its camera) while each
+frame keeps its own audio, trained with ``talksplat train --iters A B C`` at the model's size; it
+re-enacts the held-out frames with their cameras and audio, as SDTalk does (``Avatar.render_own``;
+its backdrop is frame 0 too, so it sees nothing of the target frames but their pose and sound).
 
 Results are appended to benchmarks/results/sdtalk.json under NAME. The machine may be shared: its
 load average is recorded with each figure.
@@ -48,6 +52,7 @@ from _machine import machine_info
 RESULTS = Path(__file__).parent / "results" / "sdtalk.json"
 WARMUP = 2
 GLOBAL_BATCH = 2
+SINGLE_FRAME_LOAD_SIZE = 64    # only the split is read from this load: any size does
 
 
 def pretrain(subjects: list[str], out: Path, nproc: int, size: int, steps: int, threads: int) -> dict:
@@ -169,7 +174,11 @@ def loo(args: argparse.Namespace) -> dict:
               "sdtalk": score(as_uint8(driven), real, real_landmarks, cfg.size),
               "sdtalk_without_motion": score(as_uint8(still_recon), real, real_landmarks, cfg.size),
               "baseline_source_held_still": score(held, real, real_landmarks, cfg.size),
-              "baseline_talkinggaussian_single_frame": "not measured"}
+              "baseline_talkinggaussian_single_frame": "not measured (--tg-iters)"}
+    if args.tg_iters:
+        tg_frames, tg_run = talkinggaussian_single_frame(held_out, Path(args.work), cfg.size, args.tg_iters, frames)
+        result["baseline_talkinggaussian_single_frame"] = {**score(tg_frames, real, real_landmarks, cfg.size),
+                                                           "run": tg_run}
     print(json.dumps(result, indent=1))
     if args.save_frames:
         import cv2
@@ -178,6 +187,61 @@ def loo(args: argparse.Namespace) -> dict:
                                 zip(real[::max(1, len(real) // 6)], as_uint8(driven)[::max(1, len(real) // 6)])], axis=1)
         cv2.imwrite(args.save_frames, strip[..., ::-1])
     return result
+
+
+def single_frame_subject(held_out: Path, out: Path) -> Path:
+    """A copy of the prepared ``held_out`` subject in which every frame shows frame 0: frames, labels,
+    landmarks, expression coefficients and face-model fits all frame 0's, and the training frames'
+    cameras too. The held-out frames keep their cameras (the poses to re-enact) and every frame its
+    audio. Made once (a finished copy is reused)."""
+    import shutil
+
+    from talksplat.data.subject import load_subject_data
+
+    done = out / ".single_frame_done"
+    if done.is_file():
+        return out
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(held_out, out, ignore=shutil.ignore_patterns("runs", "eval", "report", "tracking"))
+    train = load_subject_data(held_out, SINGLE_FRAME_LOAD_SIZE).train_frames
+    for name in ("frames.npy", "masks.npy", "landmarks.npy"):
+        array = np.load(out / name)
+        array[:] = array[0]
+        np.save(out / name, array)
+    for name in ("expressions.npz", "face_model.npz", "cameras.npz"):
+        if not (out / name).is_file():
+            continue
+        with np.load(out / name, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        n = len(np.load(out / "frames.npy", mmap_mode="r"))
+        for key, value in arrays.items():
+            if value.ndim and value.shape[0] == n:
+                if name == "cameras.npz":
+                    value[train] = value[0]
+                else:
+                    value[:] = value[0]
+        np.savez(out / name, **arrays)
+    done.write_text("frame 0 everywhere\n")
+    return out
+
+
+def talkinggaussian_single_frame(held_out: Path, work: Path, size: int, iters: list[int],
+                                 frames: list[int]) -> tuple[list[np.ndarray], dict]:
+    """Trains TalkingGaussian on ``single_frame_subject(held_out)`` and renders ``frames`` (their own
+    cameras and audio); returns the uint8 frames and the run's facts."""
+    from talksplat.recipes import load_avatar
+
+    subject = single_frame_subject(held_out, work / f"{held_out.name}_frame0")
+    cmd = [sys.executable, "-m", "talksplat.cli.main", "train", str(subject), "--recipe", "talkinggaussian",
+           "--size", str(size), "--iters", *map(str, iters), "--quiet"]
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    seconds = time.perf_counter() - started
+    avatar = load_avatar(subject, "talkinggaussian")
+    images = [(avatar.render_own(t)["image"].clamp(0, 1) * 255).round().byte().numpy() for t in frames]
+    return images, {"iterations": iters, "train_seconds": round(seconds, 1), "gaussians": avatar.num_gaussians(),
+                    "subject_copy": str(subject)}
 
 
 def save(name: str, kind: str, result: dict) -> None:
@@ -207,6 +271,10 @@ def main() -> None:
     lo.add_argument("--name", default="real_loo")
     lo.add_argument("--save-frames", help="PNG: real (top) over rendered (bottom) held-out frames; never commit "
                     "images of real people")
+    lo.add_argument("--tg-iters", type=int, nargs=3, metavar=("STATIC", "MOTION", "FINETUNE"),
+                    help="also the TalkingGaussian-on-one-frame baseline, trained with these iterations")
+    lo.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "sdtalk_loo"),
+                    help="folder for the baseline's single-frame subject copy and its run")
     args = parser.parse_args()
     result = {"throughput": throughput, "fps": fps, "loo": loo}[args.kind](args)
     save(args.name, args.kind, result)
