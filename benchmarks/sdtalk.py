@@ -209,13 +209,13 @@ def single_frame_subject(held_out: Path, out: Path) -> Path:
         array = np.load(out / name)
         array[:] = array[0]
         np.save(out / name, array)
+    n = len(np.load(out / "frames.npy", mmap_mode="r"))
     for name in ("expressions.npz", "face_model.npz", "cameras.npz"):
         if not (out / name).is_file():
             continue
         with np.load(out / name, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-        n = len(np.load(out / "frames.npy", mmap_mode="r"))
-        for key, value in arrays.items():
+        for value in arrays.values():
             if value.ndim and value.shape[0] == n:
                 if name == "cameras.npz":
                     value[train] = value[0]

@@ -228,7 +228,8 @@ def main() -> int:
     args = parser.parse_args()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server_log = tempfile.TemporaryFile(mode="w+")  # the server's own words, shown if it fails to start
+    # The server's own words, shown if it fails to start; open for the server's whole life.
+    server_log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
     load_before = os.getloadavg()
     server = subprocess.Popen([sys.executable, "-m", "talksplat.cli.main", "serve", str(args.subject),
                                "--port", str(port), "--max-sessions", str(max(args.sessions))],
