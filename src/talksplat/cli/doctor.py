@@ -23,7 +23,7 @@ def _statuses():
 
 
 def run(args) -> int:
-    import torch    # here, not at the top: every command builds this parser, few need torch
+    import torch  # here, not at the top: every command builds this parser, few need torch
 
     print(f"talksplat {__version__} | Python {platform.python_version()} | torch {torch.__version__} "
           f"| {torch.get_num_threads()} threads")
