@@ -21,6 +21,14 @@ def test_basis_coefficients_have_unit_variance_and_ordered_axes():
     assert np.all(np.diff(basis.explained) < 0) and basis.explained.sum() == pytest.approx(1.0, abs=1e-6)
 
 
+def test_basis_of_lips_that_never_move_is_finite():
+    shapes = np.tile(np.arange(80.0), (50, 1))     # a still clip: one lip shape throughout (exact mean)
+    with np.errstate(all="raise"):
+        basis = LipBasis.fit(shapes, 3)
+    assert np.all(basis.explained == 0.0)
+    assert np.all(np.isfinite(basis.coefficients(shapes)))
+
+
 def test_ridge_map_recovers_a_linear_relation_and_generalises():
     rng = np.random.default_rng(1)
     windows = rng.normal(size=(400, 16, 8))

@@ -47,7 +47,9 @@ class LipBasis:
         mean = shapes.mean(axis=0)
         _, s, vt = np.linalg.svd(shapes - mean, full_matrices=False)
         coeffs = (shapes - mean) @ vt[:dims].T
-        return cls(mean, vt[:dims], coeffs.std(axis=0).clip(min=1e-9), (s ** 2 / np.sum(s ** 2))[:dims])
+        # Lips that never move (a still clip) have no variance to share out: each axis explains 0.
+        explained = s ** 2 / max(float(np.sum(s ** 2)), np.finfo(np.float64).tiny)
+        return cls(mean, vt[:dims], coeffs.std(axis=0).clip(min=1e-9), explained[:dims])
 
     def coefficients(self, shapes: np.ndarray) -> np.ndarray:
         """(T, 2K) shapes -> (T, k) float32 coefficients."""
