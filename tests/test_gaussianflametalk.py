@@ -296,7 +296,7 @@ def test_render_expressions_are_smoothed_in_time_except_blinks(tiny_subject):
     raw = (mesh.tracked + mesh.expression_offset).detach()
     assert torch.allclose(mesh.smoothed_expressions(0.0, blinks), raw)
     smooth = mesh.smoothed_expressions(2.0, blinks)
-    jitter = lambda x: x.diff(dim=0).abs().mean()           # noqa: E731
+    jitter = lambda x: x.diff(dim=0).abs().mean()
     assert jitter(smooth[:, brow]) < 0.5 * jitter(raw[:, brow])
     assert torch.equal(smooth[:, blinks], raw[:, blinks])     # blinks stay as tracked
     assert torch.allclose(smooth.mean(0), raw.mean(0), atol=0.03)   # smoothing, not a shift
