@@ -90,6 +90,36 @@ def _joint(tracks: dict[str, np.ndarray]) -> dict[str, float]:
     return {k: s.score for k, s in zip(tracks, M.stability_scores(list(tracks.values())), strict=True)}
 
 
+@torch.no_grad()
+def _pose_only_nose(subject: Path, frames: np.ndarray, landmark_size: int) -> np.ndarray:
+    """(T, 2) where the nose would be in ``frames``' cameras if the face never changed: one 3D nose
+    point (the fitted mesh's nose bridge) projected through each frame's camera, in the eval's
+    landmark pixels. A diagnostic of ours (not the paper's): a render's nose track minus this one is
+    what the face itself adds on top of the shared head pose."""
+    recipe = load_avatar(subject, recipe="gaussianflametalk").recipe
+    data = recipe.data
+    first = int(data.train_frames[0])
+    vertices = recipe.mesh.world_vertices(first, torch.zeros(recipe.model.num_expressions), corrected=False)
+    nose = vertices[recipe.model.multipie68[27:31]].mean(0)
+    cam = torch.stack([data.w2c[int(f)] for f in frames])                 # (T, 4, 4)
+    uvw = (cam[:, :3, :3] @ nose + cam[:, :3, 3]) @ data.K.T
+    return (uvw[:, :2] / uvw[:, 2:]).numpy() * landmark_size / recipe.cfg.size
+
+
+def _pose_removed(subject: Path, tracks: dict[str, np.ndarray]) -> dict[str, float]:
+    """Joint stability of the nose tracks minus their pose-only tracks (renders: the pose loop's
+    source frames; the real video: its own frames)."""
+    from talksplat.render.renderer import pingpong
+
+    train = np.asarray(load_avatar(subject, recipe="gaussianflametalk").subject.train_frames)
+    size = EvalConfig().landmark_size
+    residual = {}
+    for k, track in tracks.items():
+        frames = np.arange(len(track)) if k == "real" else np.array([pingpong(i, train) for i in range(len(track))])
+        residual[k] = track - _pose_only_nose(subject, frames, size)
+    return _joint(residual)
+
+
 def _run_config(subject: Path, name: str) -> dict:
     return json.loads((subject / "runs" / name / "config.json").read_text())
 
@@ -149,6 +179,8 @@ def main() -> None:
                 result[name]["driven"][f"{audio.name}/{pose}"] = scores
                 tracks[name], tracks["real"] = ours, reference
             joint[f"{audio.name}/{pose}"] = _joint(tracks)
+            if pose == "loop":
+                joint[f"{audio.name}/loop/pose_removed"] = _pose_removed(args.subject, tracks)
             print(json.dumps({f"{audio.name}/{pose}": joint[f"{audio.name}/{pose}"]}), flush=True)
             save_result(RESULTS, key, result)
     print(json.dumps(result, indent=1))
