@@ -300,5 +300,7 @@ def test_render_expressions_are_smoothed_in_time_except_blinks(tiny_subject):
     assert jitter(smooth[:, brow]) < 0.5 * jitter(raw[:, brow])
     assert torch.equal(smooth[:, blinks], raw[:, blinks])     # blinks stay as tracked
     assert torch.allclose(smooth.mean(0), raw.mean(0), atol=0.03)   # smoothing, not a shift
+    wide = mesh.smoothed_expressions(float(len(raw)), blinks)          # a kernel wider than the clip
+    assert wide.shape == raw.shape and jitter(wide[:, brow]) < jitter(smooth[:, brow])
     recipe.cfg.render_expression_sigma = 2.0
     assert torch.allclose(recipe.conditioner().source_expressions, smooth)

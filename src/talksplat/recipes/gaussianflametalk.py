@@ -315,9 +315,9 @@ class MeshTracks(nn.Module):
         radius = max(1, math.ceil(3 * sigma))
         taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
         series = expressions.T[:, None, :]                                   # (53, 1, n)
-        padded = F.pad(series, (radius, radius), mode="reflect") if len(expressions) > radius else series
-        smoothed = F.conv1d(padded, (taps / taps.sum())[None, None]) if len(expressions) > radius else series
-        out = smoothed[:, 0, :].T.clone()
+        # reflect needs more frames than the padding; a clip that short is held at its ends instead
+        padded = F.pad(series, (radius, radius), mode="reflect" if len(expressions) > radius else "replicate")
+        out = F.conv1d(padded, (taps / taps.sum())[None, None])[:, 0, :].T.clone()
         out[:, keep] = expressions[:, keep]
         return out
 
