@@ -14,7 +14,9 @@
 3. Stability: the eval scores each render against the real video with components normalised over
    that pair; here the nose tracks of GaussianFlameTalk, TalkingGaussian and the real video are also
    scored together (one normalisation over all three), so the two recipes are on one scale; likewise
-   the held-out self-reenactment (same frames, same real poses).
+   the held-out self-reenactment (same frames, same real poses). For ``loop`` also the pose-removed
+   residual (``.../loop/pose_removed``; a diagnostic of ours, not the paper's): each nose track minus
+   where a fixed 3D nose point lands in the same frames' cameras.
 4. FlameTalk alone: held-out mouth-region vertex RMS (mm) vs predicting the mean expression.
 
 Writes benchmarks/results/gaussianflametalk.json under NAME (default: the subject folder's name).
