@@ -196,9 +196,9 @@ def test_conditioner_declares_look_behind_only(tiny_subject):
     assert cond.look_behind == recipe.cfg.flametalk.context_frames - 1
     windows = recipe.data.audio[:10]
     c = cond.conditions(windows, 5, 3, "video")["expression"]
-    # Only the jaw/mouth columns come from audio: the rest is frame 3's own expression.
+    # Only the jaw/mouth columns come from audio: the rest is frame 3's own expression (smoothed in time).
     others = [i for i in range(recipe.model.num_expressions) if i not in recipe.mouth_columns]
-    assert torch.equal(c[others], recipe.mesh.expression(3)[others].detach())
+    assert torch.equal(c[others], cond.source_expressions[3][others])
     future = windows.clone()
     future[6:] += 5.0
     assert torch.equal(cond.conditions(future, 5, 3, "video")["expression"], c)
@@ -283,3 +283,24 @@ def test_pose_corrections_pose_training_frames_only(tiny_subject):
         forced = recipe(View(t), {"expression": expression})["image"]
     assert not torch.allclose(corrected, plain, atol=1e-3)
     assert torch.equal(forced, corrected)
+
+
+def test_render_expressions_are_smoothed_in_time_except_blinks(tiny_subject):
+    recipe = _tiny(tiny_subject)
+    mesh, names = recipe.mesh, recipe.model.expression_names
+    blinks = [names.index("eyeBlink_L"), names.index("eyeBlink_R")]
+    brow = names.index("browInnerUp_L")
+    rng = np.random.default_rng(0)
+    with torch.no_grad():                                   # a jittery track: white noise on every weight
+        mesh.expression_offset.copy_(torch.as_tensor(rng.normal(0, 0.1, mesh.expression_offset.shape)))
+    raw = (mesh.tracked + mesh.expression_offset).detach()
+    assert torch.allclose(mesh.smoothed_expressions(0.0, blinks), raw)
+    smooth = mesh.smoothed_expressions(2.0, blinks)
+    jitter = lambda x: x.diff(dim=0).abs().mean()
+    assert jitter(smooth[:, brow]) < 0.5 * jitter(raw[:, brow])
+    assert torch.equal(smooth[:, blinks], raw[:, blinks])     # blinks stay as tracked
+    assert torch.allclose(smooth.mean(0), raw.mean(0), atol=0.03)   # smoothing, not a shift
+    wide = mesh.smoothed_expressions(float(len(raw)), blinks)          # a kernel wider than the clip
+    assert wide.shape == raw.shape and jitter(wide[:, brow]) < jitter(smooth[:, brow])
+    recipe.cfg.render_expression_sigma = 2.0
+    assert torch.allclose(recipe.conditioner().source_expressions, smooth)

@@ -75,6 +75,9 @@ RIGID = -1                        # attrs["triangle"] of a Gaussian bound to the
 MOUTH_INTERIOR_REGIONS = ("teeth", "gums_and_tongue", "mouth_socket")
 # FlameTalk predicts the blendshapes whose names start with these (ARKit jaw*/mouth*: 4 + 23).
 MOUTH_PARAM_PREFIXES = ("jaw", "mouth")
+# Blendshapes left unsmoothed when rendering (render_expression_sigma): blinks last 3-6 frames, a smoothing
+# of 2 frames would halve them.
+EXPRESSION_UNSMOOTHED = ("eyeBlink",)
 # A vertex belongs to the mouth region (eq. 2's vertices, the held-out error) when a mouth blendshape at
 # weight 1 moves it by more than this.
 MOUTH_REGION_MIN_MM = 0.5
@@ -157,6 +160,12 @@ class GaussianFlameTalkConfig(RecipeConfig):
     # German anchor, driven by unseen speech, stability (lower = steadier; TalkingGaussian 0.158/0.166):
     # with them 0.238/0.242 even when smoothed, without them about TalkingGaussian's (see the docs).
     render_pose_corrections: bool = False
+    # Rendering (new audio with --expression video, self-reenactment): the source frames' non-mouth
+    # expression (tracked + learned offset) is smoothed over time by a Gaussian of this many frames
+    # (sigma; 0 = off), except the blinks (EXPRESSION_UNSMOOTHED). The tracked weights jitter from frame
+    # to frame (white: |2nd difference| ~ 1.6x |1st|) and the per-frame offsets add to it; replayed by
+    # the pose loop they moved the nose by 0.19 mm per frame on the German anchor (docs).
+    render_expression_sigma: float = 2.0
     flametalk: FlameTalkConfig = field(default_factory=FlameTalkConfig)
 
     def validate(self) -> None:
@@ -165,6 +174,8 @@ class GaussianFlameTalkConfig(RecipeConfig):
             raise ValueError("stage iteration counts must be >= 0")
         if min(self.head_points, self.refine_every, self.max_gaussians) < 1 or self.mouth_points < 0:
             raise ValueError("head_points, refine_every and max_gaussians must be >= 1, mouth_points >= 0")
+        if self.render_expression_sigma < 0:
+            raise ValueError(f"render_expression_sigma must be >= 0 frames (got {self.render_expression_sigma})")
         if self.pose_source not in POSE_SOURCES:
             raise ValueError(f"pose_source must be one of {POSE_SOURCES} (got {self.pose_source!r})")
         ft = self.flametalk
@@ -293,6 +304,22 @@ class MeshTracks(nn.Module):
     def expression(self, frame: int) -> Tensor:
         """The frame's fine-tuned expression (tracked + learned offset), differentiable."""
         return self.tracked[frame] + self.expression_offset[frame]
+
+    @torch.no_grad()
+    def smoothed_expressions(self, sigma: float, keep: list[int]) -> Tensor:
+        """(n, 53) fine-tuned expressions of all frames, each blendshape but ``keep`` smoothed over time
+        by a Gaussian of ``sigma`` frames (ends reflected, as the pose loop ping-pongs)."""
+        expressions = self.tracked + self.expression_offset
+        if sigma <= 0:
+            return expressions.clone()
+        radius = max(1, math.ceil(3 * sigma))
+        taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
+        series = expressions.T[:, None, :]                                   # (53, 1, n)
+        # reflect needs more frames than the padding; a clip that short is held at its ends instead
+        padded = F.pad(series, (radius, radius), mode="reflect" if len(expressions) > radius else "replicate")
+        out = F.conv1d(padded, (taps / taps.sum())[None, None])[:, 0, :].T.clone()
+        out[:, keep] = expressions[:, keep]
+        return out
 
     def model_vertices(self, expression: Tensor) -> Tensor:
         """(V, 3) head-frame mesh of one expression (53,), eyeballs turned for gaze."""
@@ -470,9 +497,10 @@ class FlameTalkConditioner(Conditioner):
     look_ahead = 0
 
     def __init__(self, flametalk: FlameTalk, mesh: MeshTracks, columns: list[int], neutral: Tensor,
-                 audio_feature: str) -> None:
+                 audio_feature: str, source_expressions: Tensor) -> None:
         self.flametalk, self.mesh, self.columns = flametalk, mesh, columns
         self.neutral = neutral
+        self.source_expressions = source_expressions      # (n, 53) the frames' expressions for ``video``
         self.audio_feature = audio_feature
         self.look_behind = flametalk.cfg.context_frames - 1
 
@@ -482,7 +510,7 @@ class FlameTalkConditioner(Conditioner):
             raise TalksplatError(f"expression must be one of {', '.join(self.expression_modes)} (got {expression!r})")
         context = windows[max(0, index - self.look_behind): index + 1]
         mouth = self.flametalk(context[None])[0, -1].clamp(0.0, 1.0)
-        expr = self.mesh.expression(source_frame) if expression == "video" else self.neutral
+        expr = self.source_expressions[source_frame] if expression == "video" else self.neutral
         expr = expr.clone()
         expr[self.columns] = mouth
         return {"expression": expr}
@@ -623,8 +651,10 @@ class GaussianFlameTalk(Recipe):
         return {"expression": self.mesh.expression(frame), CORRECTED_POSE: torch.ones(())}
 
     def conditioner(self) -> FlameTalkConditioner:
+        keep = [i for i, name in enumerate(self.model.expression_names) if name.startswith(EXPRESSION_UNSMOOTHED)]
+        source = self.mesh.smoothed_expressions(self.cfg.render_expression_sigma, keep)
         return FlameTalkConditioner(self.flametalk, self.mesh, self.mouth_columns, self.neutral_expression,
-                                    self.cfg.audio_feature)
+                                    self.cfg.audio_feature, source)
 
     # ---------------------------------------------------------------------------------- rendering
     def _gaussian_frames(self, triangle: Tensor, frame: int, expression: Tensor, corrected: bool = True) -> Frames:
