@@ -21,7 +21,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -150,13 +153,26 @@ class ExpressionGenerator(nn.Module):
 
     # ------------------------------------------------------------------------------------- generating
     @torch.no_grad()
-    def generate(self, audio: Tensor, index: int, seeds: np.ndarray | None = None) -> Tensor:
+    def generate(self, audio: Tensor, index: int, seeds: np.ndarray | None = None,
+                 keys: Sequence[Hashable] | None = None, code_memo: Memo | None = None) -> Tensor:
         """Expression coefficients (E,) of frame ``index`` from per-frame audio features ``audio``
-        (T, A) of the frames around it; ``seeds`` (T,) in [0, 1) decide blink starts (none if None)."""
+        (T, A) of the frames around it; ``seeds`` (T,) in [0, 1) decide blink starts (none if None).
+        With ``keys`` (T,) naming each frame's audio window and a ``code_memo``, a snippet's code is
+        computed once per audio context (one at a time, so the result never depends on which frames
+        were computed together) and reused by the next frames: rendering a frame then runs the
+        transformer once instead of ``chunk + 1`` times."""
+        if code_memo is not None and keys is None:
+            raise ValueError("a code memo needs the keys of the audio windows")
         n, half = audio.shape[0], self.cfg.chunk // 2
         neighbours = np.clip(np.arange(index - half, index + half + 1), 0, n - 1)
-        logits = self.audio_to_code(self.normalised(audio)[context_indices(neighbours, self.cfg.context, n)])
-        snippets = self.vq.decode_codes(logits.argmax(-1))           # (2 half + 1, chunk, E)
+        contexts = context_indices(neighbours, self.cfg.context, n)
+        if code_memo is None:
+            codes = self.audio_to_code(self.normalised(audio)[contexts]).argmax(-1)
+        else:
+            codes = torch.stack([code_memo.get(tuple(keys[k] for k in row.tolist()),
+                                           lambda row=row: self.audio_to_code(self.normalised(audio)[row][None])[0].argmax())
+                                 for row in contexts])
+        snippets = self.vq.decode_codes(codes)                       # (2 half + 1, chunk, E)
         # Snippet k is centred at frame neighbours[k]; frame ``index`` is its row half + (index - j).
         rows = half + (index - np.arange(index - half, index + half + 1))
         valid = (rows >= 0) & (rows < self.cfg.chunk)
@@ -206,6 +222,27 @@ def blink_profile(blink: np.ndarray, peaks: np.ndarray, half_width: int) -> np.n
     if not rows:
         return np.zeros(2 * half_width + 1, np.float32)
     return np.mean(rows, axis=0).astype(np.float32)
+
+
+class Memo:
+    """A bounded memo (least recently used entries dropped): ``get(key, make)`` returns the value
+    stored under ``key``, or stores and returns ``make()``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = self._items[key] = make()
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 def window_seed(window: Tensor, salt: int = 0) -> float:
