@@ -17,6 +17,7 @@ from talksplat.features.expression_generator import (
     ExpressionGeneratorConfig,
     Memo,
     blink_peaks,
+    starts_blink,
     window_seed,
 )
 from talksplat.fields.inpainting import (
@@ -107,6 +108,22 @@ def test_generated_blinks_appear_at_the_subjects_rate(trained_generator):
     assert expected == pytest.approx(8 / 600 * 3000)
     assert 0.5 * expected <= found <= 1.5 * expected, (found, expected)
     assert blink.max() > 0.8                                     # full blinks, not a half-closed average
+    # One start per blink period at most: starts are spaced (an independent draw per frame would put
+    # some of its ~40 starts within 10 frames of each other) and their number is close to expected.
+    behind, ahead = gen.blink_window()
+    assert (behind, ahead) == (64, 10)                             # a period of 600 / 8 = 75 frames
+    starts = [t for t in range(len(audio)) if starts_blink(seeds, t, behind, ahead)]
+    assert np.diff(starts).min() > ahead
+    assert abs(len(starts) - expected) <= 0.25 * expected, (len(starts), expected)   # ~3 std
+    assert found == len(starts)
+
+
+def test_identical_windows_start_no_blink_and_edges_blink_no_more_often():
+    flat = np.full(400, 0.3)
+    assert not any(starts_blink(flat, t, 40, 10) for t in range(400))
+    rng = np.random.default_rng(1)
+    firsts = [sum(starts_blink(seeds, t, 40, 10) for t in range(10)) for seeds in rng.random((2000, 60))]
+    assert np.mean(firsts) == pytest.approx(10 / 51, rel=0.25)   # the interior rate, 1 / period
 
 
 def test_memoised_codes_give_the_same_expressions(trained_generator):

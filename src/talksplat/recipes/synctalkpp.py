@@ -422,8 +422,9 @@ class SyncTalkPPConditioner(Conditioner):
         behind, ahead = window_extent(self.audio_encoder.config.smoothing_frames)
         if self.generator is not None:
             reach = self.generator.reach
-            behind = max(behind, reach, self.generator.blink_profile.shape[0] - 1)
-            ahead = max(ahead, reach)
+            blink_behind, blink_ahead = self.generator.blink_reach
+            behind = max(behind, reach, blink_behind)
+            ahead = max(ahead, reach, blink_ahead)
         self.look_behind, self.look_ahead = behind, ahead
         # Per audio window: (feature, blink seed); per audio context: the generator's code.
         size = 4 * (behind + ahead + 1)
