@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -267,9 +268,29 @@ def _render_speed(subject: Path, run: Path, samples: np.ndarray, full_frame: boo
         recipe_module.rasterize, recipe_module.eval_sh = saved
         renderer.close()
     parts = {name: round(1000 * sum(values) / count, 1) for name, values in timer.seconds.items()}
-    return {"frames": count, "fps": round(count / wall, 1), "wall_ms_per_frame": round(1000 * wall / count, 1),
+    return {"load_average": os.getloadavg(), "frames": count, "fps": round(count / wall, 1), "wall_ms_per_frame": round(1000 * wall / count, 1),
             "cpu_ms_per_frame": round(1000 * cpu / count, 1), "threads": torch.get_num_threads(),
             "wall_ms_per_frame_by_part": parts}
+
+
+def _render_video_speed(subject: Path, run: Path, audio: Path, full_frame: bool) -> dict:
+    """``talksplat render`` end to end (render_video: rendering interleaved with H.264 encoding):
+    frames/s and the process's CPU milliseconds per frame, user and system."""
+    import tempfile
+
+    from talksplat.render.renderer import render_video
+
+    renderer = Renderer.open(subject, run=run)
+    before = os.times()
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = render_video(renderer, audio, Path(tmp) / "out.mp4", RenderOptions(full_frame=full_frame),
+                               progress=False)
+    after = os.times()
+    renderer.close()
+    frames = summary["frames"]
+    return {"load_average": os.getloadavg(), "frames": frames, "fps": summary["fps"],
+            "cpu_ms_per_frame_user": round(1000 * (after.user - before.user) / frames, 1),
+            "cpu_ms_per_frame_system": round(1000 * (after.system - before.system) / frames, 1)}
 
 
 def acceptance(subject: Path, run: Path, audios: list[Path], key: str, note: str) -> None:
@@ -289,6 +310,11 @@ def acceptance(subject: Path, run: Path, audios: list[Path], key: str, note: str
     for name, full_frame in (("crop", False), ("full_frame", True)):
         if name not in speed:
             speed[name] = _render_speed(subject, run, samples, full_frame)
+            save_result(RESULTS, key, result)
+        print(json.dumps({name: speed[name]}), flush=True)
+    for name, full_frame in (("talksplat_render_crop", False), ("talksplat_render_full_frame", True)):
+        if name not in speed:
+            speed[name] = _render_video_speed(subject, run, audios[0], full_frame)
             save_result(RESULTS, key, result)
         print(json.dumps({name: speed[name]}), flush=True)
     if "blink_response" not in result:
