@@ -20,6 +20,7 @@ same iteration counts (the ablations differ by one ``--set``); the first ``--run
    joined) is rendered by the full run alone, for a blink rate over more than a few blinks.
 
 Writes benchmarks/results/synctalkpp.json under NAME (default: the subject folder's name).
+``--speed-ab`` only measures the crop render speed of every ``--run`` in turns (same load for all).
 
 ``--acceptance`` instead scores ONE run (``--run full=RUN_DIR``, e.g. the recipe's default schedule) for
 the acceptance items, with talksplat's own evaluation throughout:
@@ -293,6 +294,28 @@ def _render_video_speed(subject: Path, run: Path, audio: Path, full_frame: bool)
             "cpu_ms_per_frame_system": round(1000 * (after.system - before.system) / frames, 1)}
 
 
+@torch.no_grad()
+def speed_round_robin(subject: Path, runs: dict[str, str], audio: Path, key: str, rounds: int = 3,
+                      seconds: float = 10.0) -> None:
+    """Crop render speed (no encoding) of several runs measured in turns, so that they share the
+    machine's load: frames/s and CPU (user + system) milliseconds per frame per round."""
+    samples = load_driving_audio(audio)[: int(seconds * 16_000)]
+    renderers = {name: Renderer.open(subject, run=Path(run)) for name, run in runs.items()}
+    result: dict = {"machine": machine_info(), "audio": audio.name, "seconds": seconds, "runs": runs,
+                    "rounds": {name: [] for name in runs}}
+    for _ in range(rounds):
+        for name, renderer in renderers.items():
+            before = os.times()
+            frames = sum(1 for _ in renderer.render_frames(samples, RenderOptions()))
+            after = os.times()
+            cpu = (after.user - before.user) + (after.system - before.system)
+            result["rounds"][name].append({"fps": round(frames / (after.elapsed - before.elapsed), 1),
+                                           "cpu_ms_per_frame": round(1000 * cpu / frames, 1),
+                                           "load_average_1min": round(os.getloadavg()[0], 2)})
+            print(name, result["rounds"][name][-1], flush=True)
+            save_result(RESULTS, key, result)
+
+
 def acceptance(subject: Path, run: Path, audios: list[Path], key: str, note: str) -> None:
     """Scores ``run`` part by part; parts already stored under ``key`` for the same run are kept
     (a rerun after an interruption measures only what is missing)."""
@@ -350,12 +373,17 @@ def main() -> None:
     parser.add_argument("--skip-self", action="store_true", help="skip the held-out eval")
     parser.add_argument("--acceptance", action="store_true",
                         help="score the first --run alone for the acceptance items (see the docstring)")
+    parser.add_argument("--speed-ab", action="store_true",
+                        help="only the crop render speed of every --run, measured in turns (first --audio)")
     parser.add_argument("--train-note", default="", help="with --acceptance: how training went (wall time, load)")
     parser.add_argument("--generator-blinks-only", action="store_true",
                         help="only recompute the generator's coefficient blink rates of an existing result")
     args = parser.parse_args()
     runs = dict(item.split("=", 1) for item in args.run)
     key = args.name or args.subject.name
+    if args.speed_ab:
+        speed_round_robin(args.subject, runs, args.audio[0], key)
+        return
     if args.acceptance:
         acceptance(args.subject, Path(next(iter(runs.values()))), args.audio, key, args.train_note)
         return
