@@ -15,7 +15,9 @@ from talksplat.engine.trainer import TrainerConfig, build_recipe, train
 from talksplat.features.expression_generator import (
     ExpressionGenerator,
     ExpressionGeneratorConfig,
+    Memo,
     blink_peaks,
+    starts_blink,
     window_seed,
 )
 from talksplat.fields.inpainting import (
@@ -106,6 +108,39 @@ def test_generated_blinks_appear_at_the_subjects_rate(trained_generator):
     assert expected == pytest.approx(8 / 600 * 3000)
     assert 0.5 * expected <= found <= 1.5 * expected, (found, expected)
     assert blink.max() > 0.8                                     # full blinks, not a half-closed average
+    # One start per blink period at most: starts are spaced (an independent draw per frame would put
+    # some of its ~40 starts within 10 frames of each other) and their number is close to expected.
+    behind, ahead = gen.blink_window()
+    assert (behind, ahead) == (64, 10)                             # a period of 600 / 8 = 75 frames
+    starts = [t for t in range(len(audio)) if starts_blink(seeds, t, behind, ahead)]
+    assert np.diff(starts).min() > ahead
+    assert abs(len(starts) - expected) <= 0.25 * expected, (len(starts), expected)   # ~3 std
+    assert found == len(starts)
+
+
+def test_identical_windows_start_no_blink_and_edges_blink_no_more_often():
+    flat = np.full(400, 0.3)
+    assert not any(starts_blink(flat, t, 40, 10) for t in range(400))
+    rng = np.random.default_rng(1)
+    firsts = [sum(starts_blink(seeds, t, 40, 10) for t in range(10)) for seeds in rng.random((2000, 60))]
+    assert np.mean(firsts) == pytest.approx(10 / 51, rel=0.25)   # the interior rate, 1 / period
+
+
+def test_memoised_codes_give_the_same_expressions(trained_generator):
+    gen, _ex, audio, _, _, _ = trained_generator
+    keys = [a.numpy().tobytes() for a in audio[:60]]
+    memo = Memo(50)
+    plain = torch.stack([gen.generate(audio[:60], i) for i in range(60)])
+    memoised = torch.stack([gen.generate(audio[:60], i, keys=keys, code_memo=memo) for i in range(60)])
+    torch.testing.assert_close(memoised, plain, atol=1e-5, rtol=0)
+    assert len(memo) == 50                      # bounded: the oldest contexts were dropped
+
+
+def test_memo_drops_the_least_recently_used_entry():
+    memo, made = Memo(2), []
+    for key in ("a", "b", "a", "c", "a", "b"):
+        memo.get(key, lambda key=key: made.append(key) or key.upper())
+    assert made == ["a", "b", "c", "b"]         # "b" was the oldest when "c" came; "a" stayed
 
 
 def test_window_seed_is_a_pure_function_of_the_window():
@@ -233,6 +268,15 @@ def test_generated_expressions_stream_like_offline_and_come_from_the_audio(tiny_
     gen = avatar.recipe.generator
     assert bool((expr >= gen.low - 1e-6).all() and (expr <= gen.high + 1e-6).all())
     assert conditioner.look_ahead >= gen.reach
+    # The conditioner memoises window embeddings and codes; the direct computation agrees.
+    recipe = avatar.recipe
+    for i in (0, 12, 24):
+        lo, hi = max(0, i - conditioner.look_behind), min(25, i + conditioner.look_ahead + 1)
+        seeds = np.array([window_seed(w) for w in windows[lo:hi]])
+        direct = gen.generate(recipe.frame_audio_features(windows[lo:hi]), i - lo, seeds)
+        torch.testing.assert_close(expr[i], direct, atol=1e-5, rtol=0)
+        torch.testing.assert_close(conditioner.conditions(windows, i, 0, "video")["audio_code"],
+                                   recipe.audio(windows, i), atol=1e-5, rtol=0)
 
 
 def test_the_restorer_changes_only_the_ring_around_the_head(tiny_run, tiny_subject):

@@ -75,9 +75,13 @@ class SyncAudioEncoder(nn.Module):
 
     def forward(self, windows: Tensor, frame: int) -> Tensor:
         idx = temporal_window(frame, windows.shape[0], self.config.smoothing_frames)
-        emb = self.embed(windows[idx])
-        code = attention_pool(self.mlp(emb), self.attention)
-        return code + self.center(emb[int(torch.nonzero(idx == frame)[0, 0])])
+        return self.code(self.embed(windows[idx]), idx, frame)
+
+    def code(self, embeddings: Tensor, idx: Tensor, frame: int) -> Tensor:
+        """The code of ``frame`` from the sync ``embeddings`` (S, D) of the frames ``idx``
+        (``temporal_window``'s), e.g. embeddings a renderer kept from earlier frames."""
+        code = attention_pool(self.mlp(embeddings), self.attention)
+        return code + self.center(embeddings[int(torch.nonzero(idx == frame)[0, 0])])
 
 
 # ------------------------------------------------------------------------------------------ training

@@ -49,6 +49,7 @@ from talksplat.features.expression import CORE_NAMES
 from talksplat.features.expression_generator import (
     ExpressionGenerator,
     ExpressionGeneratorConfig,
+    Memo,
     window_seed,
 )
 from talksplat.fields.hashgrid import HashGridConfig
@@ -65,6 +66,7 @@ from talksplat.fields.motion import (
     AudioEncoderConfig,
     MotionField,
     MotionFieldConfig,
+    temporal_window,
 )
 from talksplat.fields.sync_audio import (
     SyncAudioConfig,
@@ -420,15 +422,19 @@ class SyncTalkPPConditioner(Conditioner):
         behind, ahead = window_extent(self.audio_encoder.config.smoothing_frames)
         if self.generator is not None:
             reach = self.generator.reach
-            behind = max(behind, reach, self.generator.blink_profile.shape[0] - 1)
-            ahead = max(ahead, reach)
+            blink_behind, blink_ahead = self.generator.blink_reach
+            behind = max(behind, reach, blink_behind)
+            ahead = max(ahead, reach, blink_ahead)
         self.look_behind, self.look_ahead = behind, ahead
+        # Per audio window: (feature, blink seed); per audio context: the generator's code.
+        size = 4 * (behind + ahead + 1)
+        self._windows, self._codes = Memo(size), Memo(size)
 
     @torch.no_grad()
     def conditions(self, windows: Tensor, index: int, source_frame: int, expression: str) -> Conditions:
         if expression not in self.expression_modes:
             raise UsageError(f"expression must be one of {', '.join(self.expression_modes)} (got {expression!r})")
-        code = self.audio_encoder(windows, index)
+        code = self._audio_code(windows, index)
         if expression == "video":
             expr = self.expressions[source_frame]
         elif expression == "neutral":
@@ -437,10 +443,24 @@ class SyncTalkPPConditioner(Conditioner):
             expr = self._generated(windows, index)
         return {"audio_code": code, "expression": expr}
 
+    def _audio_code(self, windows: Tensor, index: int) -> Tensor:
+        if not isinstance(self.audio_encoder, SyncAudioEncoder):
+            return self.audio_encoder(windows, index)
+        idx = temporal_window(index, windows.shape[0], self.audio_encoder.config.smoothing_frames)
+        embeddings = torch.stack([self._window(windows[int(k)])[0] for k in idx])
+        return self.audio_encoder.code(embeddings, idx, index)
+
+    def _window(self, window: Tensor) -> tuple[Tensor, float, bytes]:
+        """(per-frame audio feature, blink seed, key) of one audio window, memoised by its content:
+        consecutive frames share all but one window, so each is embedded and hashed once."""
+        key = window.numpy().tobytes()
+        feature, seed = self._windows.get(key, lambda: (self.recipe.frame_audio_features(window[None])[0],
+                                                        window_seed(window)))
+        return feature, seed, key
+
     def _generated(self, windows: Tensor, index: int) -> Tensor:
         """The generator's expression of frame ``index`` from the windows within its reach."""
         lo = max(0, index - self.look_behind)
         hi = min(windows.shape[0], index + self.look_ahead + 1)
-        local = windows[lo:hi]
-        seeds = np.array([window_seed(w) for w in local])
-        return self.generator.generate(self.recipe.frame_audio_features(local), index - lo, seeds)
+        features, seeds, keys = zip(*(self._window(w) for w in windows[lo:hi]), strict=True)
+        return self.generator.generate(torch.stack(features), index - lo, np.array(seeds), keys, self._codes)
