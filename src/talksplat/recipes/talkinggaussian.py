@@ -69,11 +69,13 @@ class TalkingGaussianLosses:
     # render EAR >= 0.25 on training frames whose real EAR is 0.08; docs/fidelity.md).
     eye_box: float = 2.0
     # The face layer's mean alpha over the pixels the frame labels inside-mouth, in the deforming
-    # stages: the face layer is drawn in front, and without this term it covered the real mouth
-    # opening (alpha 0.9 on the most open training frames) with a blurred average of teeth and lips,
-    # so the inside-mouth layer never showed (docs/fidelity.md). As in the paper, the mouth opening
-    # is the inside-mouth layer's. Andrew clip at 256, held out: mouth sharpness 0.33 -> 0.44.
-    mouth_face_alpha: float = 0.5
+    # stages (the paper leaves the mouth opening to the inside-mouth layer). Without it the face layer
+    # covers the real opening (alpha ~0.9 on the most open frames) with a blurred average mouth. OFF
+    # by default: with no per-frame opacity the face layer answers by going transparent over the whole
+    # mouth, lips included, and the inside-mouth layer (capped at max_mouth_gaussians) must draw lips
+    # and teeth; at 0.5 that sharpened Andrew's teeth (held-out sharpness 0.33 -> 0.44, PSNR +0.02 dB)
+    # but cost Obama 0.7 dB held-out (docs/fidelity.md).
+    mouth_face_alpha: float = 0.0
 
 
 @dataclass
