@@ -74,7 +74,7 @@ class TalkingGaussianLosses:
     # by default: with no per-frame opacity the face layer answers by going transparent over the whole
     # mouth, lips included, and the inside-mouth layer (capped at max_mouth_gaussians) must draw lips
     # and teeth; at 0.5 that sharpened Andrew's teeth (held-out sharpness 0.33 -> 0.44, PSNR +0.02 dB)
-    # but cost Obama 0.7 dB held-out (docs/fidelity.md).
+    # but cost Obama 0.40 dB held-out (docs/fidelity.md).
     mouth_face_alpha: float = 0.0
 
 
