@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from talksplat.core.labels import INSIDE_MOUTH
 from talksplat.data.samplers import IncrementalSamplingConfig, make_sampler
 from talksplat.data.subject import SubjectData
 from talksplat.engine.conditioning import SPEECH_CONDITIONS, AudioExpressionConditioner, SpeechCondition
 from talksplat.engine.config import RecipeConfig
 from talksplat.engine.contract import Batch, Conditions, Recipe, Stage, View, placeholder_points
-from talksplat.core.labels import INSIDE_MOUTH
 from talksplat.engine.losses import eye_box_l1, label_alpha, mouth_box_l1, ssim
 from talksplat.fields.hashgrid import HashGridConfig
 from talksplat.fields.motion import (
