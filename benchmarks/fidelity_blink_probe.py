@@ -18,7 +18,6 @@ blink = data.blink[tr]
 shut = tr[np.argsort(-blink)[:12]]
 openf = tr[np.argsort(blink)[:6]]
 u8 = lambda x: (x.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-lm_scale = data.size / data.source_size
 rend, real, resp = [], [], []
 with torch.no_grad():
     for t in list(shut) + list(openf):
@@ -30,7 +29,7 @@ with torch.no_grad():
         for v in (0.0, 1.0):
             cc = dict(c); e = c["expression"].clone(); e[..., :2] = v; cc["expression"] = e
             imgs.append(av.render(t, cc)["image"].numpy())
-        mask = M.eye_region_mask(data.landmarks[t][:, :2] * lm_scale, imgs[0].shape[:2])
+        mask = M.eye_region_mask(data.landmarks_px(t), imgs[0].shape[:2])
         resp.append(float(np.abs(imgs[1] - imgs[0])[mask].mean()))
 ear_r = S.eye_aspect_ratio(np.stack([S.track_landmarks([f], 256)[0] for f in rend]))
 ear_t = S.eye_aspect_ratio(np.stack([S.track_landmarks([f], 256)[0] for f in real]))
@@ -39,8 +38,8 @@ print(f"{subject}: blink coef of shut frames {np.round(data.blink[shut],2)}")
 print(" EAR real shut", np.round(ear_t[:k], 3), " render shut", np.round(ear_r[:k], 3))
 print(" EAR real open", np.round(ear_t[k:], 3), " render open", np.round(ear_r[k:], 3))
 print(" eye-region |render(blink=1)-render(blink=0)| mean (0-1 scale): shut frames %.4f open frames %.4f" % (np.mean(resp[:k]), np.mean(resp[k:])))
-print(" eye-region PSNR shut frames %.2f open %.2f" % (np.mean([M.masked_psnr(a, b, M.eye_region_mask(data.landmarks[int(t)][:, :2]*lm_scale, a.shape[:2])) for a, b, t in zip(rend[:k], real[:k], shut)]),
-      np.mean([M.masked_psnr(a, b, M.eye_region_mask(data.landmarks[int(t)][:, :2]*lm_scale, a.shape[:2])) for a, b, t in zip(rend[k:], real[k:], openf)])))
+print(" eye-region PSNR shut frames %.2f open %.2f" % (np.mean([M.masked_psnr(a, b, M.eye_region_mask(data.landmarks_px(int(t)), a.shape[:2])) for a, b, t in zip(rend[:k], real[:k], shut)]),
+      np.mean([M.masked_psnr(a, b, M.eye_region_mask(data.landmarks_px(int(t)), a.shape[:2])) for a, b, t in zip(rend[k:], real[k:], openf)])))
 import cv2
 sheet = np.concatenate([np.concatenate([r, t], 0) for r, t in zip(rend[:6], real[:6])], 1)
 cv2.imwrite(sys.argv[3], cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))

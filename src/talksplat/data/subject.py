@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from talksplat.core.labels import BACKDROP_FROM_FRAME, HEAD_LABELS
+from talksplat.core.pixels import raster_intrinsics, rescale_pixels
 from talksplat.errors import TalksplatError, UsageError
 
 FACE_MODEL_FILE = "face_model.npz"
@@ -113,8 +114,7 @@ class SubjectData:
         prepare's), or None when the subject has no landmarks."""
         if self.landmarks is None:
             return None
-        scale = self.size / self.source_size
-        return (np.asarray(self.landmarks[t], np.float64)[:, :2] + 0.5) * scale - 0.5
+        return rescale_pixels(np.asarray(self.landmarks[t])[:, :2], self.size / self.source_size)
 
     def _resized(self, array: np.ndarray, interpolation: str) -> np.ndarray:
         if self.size == self.source_size:
@@ -164,13 +164,9 @@ def load_subject_data(subject_dir: Path, size: int, audio_feature: str = "mel",
     raw = load_subject(subject_dir)
     meta = raw["meta"]
     source = int(raw["frames"].shape[1])
-    scale = size / source
-    K = torch.tensor(raw["K"], dtype=torch.float32).clone()
-    K[:2] *= scale
     # prepare stores OpenCV intrinsics (pixel centres at integer coordinates); the rasterizer puts
-    # pixel centres at +0.5.
-    K[0, 2] += 0.5
-    K[1, 2] += 0.5
+    # them at +0.5 (core.pixels says why the resize is not a plain multiplication).
+    K = torch.tensor(raster_intrinsics(raw["K"], size / source), dtype=torch.float32)
     background = cv2.resize(raw["background"], (size, size), interpolation=cv2.INTER_AREA)
     ex = raw["expressions"]
     split = meta.get("split") or json.loads((subject_dir / SPLIT_JSON).read_text())

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from talksplat.core.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from talksplat.core.pixels import rescale_pixels
 from talksplat.engine.checkpoint import latest_checkpoint, read_meta
 from talksplat.errors import TalksplatError, UsageError
 from talksplat.eval import metrics as M
@@ -259,7 +260,7 @@ def _region_scores(rendered: np.ndarray, truth: np.ndarray, landmarks: np.ndarra
 
 def _own_mouth_gradient(frame: np.ndarray, landmarks: np.ndarray, landmark_size: int) -> float:
     """Gradient energy inside a frame's own tracked inner-lip polygon (NaN: no face or lips closed)."""
-    lm = np.asarray(landmarks, np.float64)[:, :2] * (frame.shape[0] / landmark_size)
+    lm = rescale_pixels(np.asarray(landmarks)[:, :2], frame.shape[0] / landmark_size)
     mouth = M.mouth_interior_mask(lm, frame.shape[:2])
     if mouth.sum() < MIN_MOUTH_INTERIOR_FRACTION * mouth.size:
         return math.nan
