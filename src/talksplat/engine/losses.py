@@ -73,7 +73,6 @@ def mouth_box_l1(image: Tensor, target: Tensor, labels: Tensor) -> Tensor:
     return (image[y0:y1, x0:x1] - target[y0:y1, x0:x1]).abs().mean()
 
 
-
 def label_alpha(alpha: Tensor, labels: Tensor, label: int) -> Tensor:
     """Mean of ``alpha`` (H, W[, 1]) over the pixels whose label is ``label`` (0 if there are none): how
     much a layer covers a region the frame shows as something else. TalkingGaussian-style recipes
@@ -84,6 +83,7 @@ def label_alpha(alpha: Tensor, labels: Tensor, label: int) -> Tensor:
     if not bool(region.any()):
         return alpha.new_zeros(())
     return alpha.reshape(labels.shape)[region].mean()
+
 
 # The eye region: a box around each eye contour, EYE_BOX_WIDTH x the eye's corner-to-corner width
 # wide and EYE_BOX_HEIGHT x that width high, so it holds both lids whether the eye is open or shut
