@@ -20,7 +20,7 @@ def _keep_freed_memory() -> None:
     defaults each of them is a fresh mmap (or a trimmed heap top) that the kernel must zero and
     fault in again: on 2 cores 40% of a SyncTalk++ render's CPU time was system time. Fixed
     thresholds (mmap only above 32 MB, trim only beyond 1 GB free, 64 MB of top padding) took that
-    render from 22-24 to 27-31 frames/s (docs/render.md). The cost: the process keeps its peak heap.
+    render from 24-25 to 31-33 frames/s (docs/render.md). The cost: the process keeps its peak heap.
     ``TALKSPLAT_SYSTEM_MALLOC=1`` leaves malloc as it is.
     """
     if _os.environ.get("TALKSPLAT_SYSTEM_MALLOC") == "1" or not _sys.platform.startswith("linux"):
