@@ -234,7 +234,7 @@ def talkinggaussian_single_frame(held_out: Path, work: Path, size: int, iters: l
 
     subject = single_frame_subject(held_out, work / f"{held_out.name}_frame0")
     cmd = [sys.executable, "-m", "talksplat.cli.main", "train", str(subject), "--recipe", "talkinggaussian",
-           "--size", str(size), "--iters", *map(str, iters), "--quiet"]
+           "--size", str(size), "--iters", *map(str, iters), "--restart", "--quiet"]
     started = time.perf_counter()
     subprocess.run(cmd, check=True)
     seconds = time.perf_counter() - started
