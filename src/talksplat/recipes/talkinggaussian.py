@@ -239,12 +239,17 @@ class TalkingGaussian(Recipe):
     def losses(self, outputs: dict, batch: Batch, stage: Stage) -> dict[str, Tensor]:
         image, target = outputs["image"], batch.image
         terms = {"l1": (image - target).abs().mean(), "dssim": 1 - ssim(image, target)}
-        labels = self.data.labels(batch.frame)
-        if stage.deform and self.cfg.losses.mouth_box > 0:
+        if not stage.deform:
+            return terms
+        losses = self.cfg.losses
+        wants_face_alpha = losses.mouth_face_alpha > 0 and "mouth" in self.sets
+        # The frame's labels are resized per step below the prepared size: only when a term reads them.
+        labels = self.data.labels(batch.frame) if losses.mouth_box > 0 or wants_face_alpha else None
+        if losses.mouth_box > 0:
             terms["mouth_box"] = mouth_box_l1(image, target, labels)
-        if stage.deform and self.cfg.losses.mouth_face_alpha > 0 and "mouth" in self.sets:
+        if wants_face_alpha:
             terms["mouth_face_alpha"] = label_alpha(outputs["face_alpha"], labels, INSIDE_MOUTH)
-        if stage.deform and self.cfg.losses.eye_box > 0 and self.data.landmarks is not None:
+        if losses.eye_box > 0 and self.data.landmarks is not None:
             terms["eye_box"] = eye_box_l1(image, target, self.data.landmarks_px(batch.frame))
         return terms
 
