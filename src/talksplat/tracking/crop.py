@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from talksplat.core.pixels import rescale_intrinsics
+
 # The crop side is this many face sizes (bounding box of the face mesh: brow to chin, cheek to
 # cheek) plus the range the face centre moves over the clip: hair above, neck and shoulders below.
 CROP_FACE_SCALE = 2.4
@@ -84,12 +86,10 @@ def crop_to_source(uv: np.ndarray, box: CropBox) -> np.ndarray:
 
 def crop_intrinsics(K: np.ndarray, box: CropBox) -> np.ndarray:
     """Source intrinsics (3, 3) -> intrinsics of the crop (3, 3)."""
-    out = K.astype(np.float64).copy()
-    out[0, 0] *= box.scale
-    out[1, 1] *= box.scale
-    out[0, 2] = (K[0, 2] + 0.5 - box.x0) * box.scale - 0.5
-    out[1, 2] = (K[1, 2] + 0.5 - box.y0) * box.scale - 0.5
-    return out
+    shifted = K.astype(np.float64).copy()
+    shifted[0, 2] -= box.x0
+    shifted[1, 2] -= box.y0
+    return rescale_intrinsics(shifted, box.scale)
 
 
 def crop_frame(frame: np.ndarray, box: CropBox) -> np.ndarray:
