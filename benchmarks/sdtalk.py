@@ -52,7 +52,6 @@ from _machine import machine_info
 RESULTS = Path(__file__).parent / "results" / "sdtalk.json"
 WARMUP = 2
 GLOBAL_BATCH = 2
-SINGLE_FRAME_LOAD_SIZE = 64    # only the split is read from this load: any size does
 
 
 def pretrain(subjects: list[str], out: Path, nproc: int, size: int, steps: int, threads: int) -> dict:
@@ -176,7 +175,8 @@ def loo(args: argparse.Namespace) -> dict:
               "baseline_source_held_still": score(held, real, real_landmarks, cfg.size),
               "baseline_talkinggaussian_single_frame": "not measured (--tg-iters)"}
     if args.tg_iters:
-        tg_frames, tg_run = talkinggaussian_single_frame(held_out, Path(args.work), cfg.size, args.tg_iters, frames)
+        tg_frames, tg_run = talkinggaussian_single_frame(held_out, Path(args.work), cfg.size, args.tg_iters,
+                                                      data.train_frames, frames)
         result["baseline_talkinggaussian_single_frame"] = {**score(tg_frames, real, real_landmarks, cfg.size),
                                                            "run": tg_run}
     print(json.dumps(result, indent=1))
@@ -189,14 +189,12 @@ def loo(args: argparse.Namespace) -> dict:
     return result
 
 
-def single_frame_subject(held_out: Path, out: Path) -> Path:
+def single_frame_subject(held_out: Path, out: Path, train_frames: np.ndarray) -> Path:
     """A copy of the prepared ``held_out`` subject in which every frame shows frame 0: frames, labels,
     landmarks, expression coefficients and face-model fits all frame 0's, and the training frames'
     cameras too. The held-out frames keep their cameras (the poses to re-enact) and every frame its
     audio. Made once (a finished copy is reused)."""
     import shutil
-
-    from talksplat.data.subject import load_subject_data
 
     done = out / ".single_frame_done"
     if done.is_file():
@@ -204,7 +202,6 @@ def single_frame_subject(held_out: Path, out: Path) -> Path:
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(held_out, out, ignore=shutil.ignore_patterns("runs", "eval", "report", "tracking"))
-    train = load_subject_data(held_out, SINGLE_FRAME_LOAD_SIZE).train_frames
     for name in ("frames.npy", "masks.npy", "landmarks.npy"):
         array = np.load(out / name)
         array[:] = array[0]
@@ -218,7 +215,7 @@ def single_frame_subject(held_out: Path, out: Path) -> Path:
         for value in arrays.values():
             if value.ndim and value.shape[0] == n:
                 if name == "cameras.npz":
-                    value[train] = value[0]
+                    value[train_frames] = value[0]
                 else:
                     value[:] = value[0]
         np.savez(out / name, **arrays)
@@ -227,12 +224,12 @@ def single_frame_subject(held_out: Path, out: Path) -> Path:
 
 
 def talkinggaussian_single_frame(held_out: Path, work: Path, size: int, iters: list[int],
-                                 frames: list[int]) -> tuple[list[np.ndarray], dict]:
+                                 train_frames: np.ndarray, frames: list[int]) -> tuple[list[np.ndarray], dict]:
     """Trains TalkingGaussian on ``single_frame_subject(held_out)`` and renders ``frames`` (their own
     cameras and audio); returns the uint8 frames and the run's facts."""
     from talksplat.recipes import load_avatar
 
-    subject = single_frame_subject(held_out, work / f"{held_out.name}_frame0")
+    subject = single_frame_subject(held_out, work / f"{held_out.name}_frame0", train_frames)
     cmd = [sys.executable, "-m", "talksplat.cli.main", "train", str(subject), "--recipe", "talkinggaussian",
            "--size", str(size), "--iters", *map(str, iters), "--restart", "--quiet"]
     started = time.perf_counter()
