@@ -18,6 +18,11 @@ second (wall clock over those frames) and the process's CPU time per frame (all 
 sensitive to other load than wall time). Source-frame decoding is timed separately (bounded cache,
 forward and ping-pong). The machine is shared: compare rows within one run. Writes
 benchmarks/results/render.json.
+
+Each case is also rendered the way ``talksplat render`` does it (``Renderer.render_frames(workers=N)``,
+N frames at once with one thread each, N = ``--workers`` or the default: one per core, at most 4): its
+end-to-end FPS and CPU ms per frame decide the issue's target (512^2, ~50k Gaussians, audio in ->
+H.264 out >= 25 FPS and <= 80 CPU ms per frame).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ RESULTS = Path(__file__).parent / "results" / "render.json"
 RESOLUTIONS = (256, 512)
 WARMUP_FRAMES = 10
 CHUNK = 640                    # 40 ms of 16 kHz audio per push
-TARGET = {"res": 512, "gaussians": 50_000, "fps": 25.0}
+TARGET = {"res": 512, "gaussians": 50_000, "fps": 25.0, "cpu_ms": 80.0}
 STAGES = ("audio_features", "audio_encoder", "motion_field", "rasterize", "backdrop", "fuse_composite", "paste_back",
           "encode")
 
@@ -112,9 +117,10 @@ def per_frame_ms(seconds: list[float], frames: int, per_frame_calls: int) -> lis
     return [1000 * sum(calls[i:i + per_frame_calls]) for i in range(0, len(calls), per_frame_calls)]
 
 
-def run_case(subject: Path, run: Path | None, res: int, gaussians: int | None, samples: np.ndarray) -> dict:
-    from talksplat.io.video import VideoWriter
-    from talksplat.render.renderer import Renderer, RenderOptions, StageTimer
+def open_case(subject: Path, run: Path | None, res: int, gaussians: int | None, samples: np.ndarray):
+    """The renderer of one case: the avatar (enlarged to ``gaussians``) at ``res``^2, pasting back into
+    square full frames of that size."""
+    from talksplat.render.renderer import Renderer, RenderOptions
     from talksplat.render.seam import Box
 
     renderer = Renderer.open(subject, run=run)
@@ -127,6 +133,36 @@ def run_case(subject: Path, run: Path | None, res: int, gaussians: int | None, s
     used = {renderer.source_index(i, options) for i in range(n_frames + 1)}
     renderer._source_frames = SquareFrames(renderer, res, used)
     renderer.box = Box(0, 0, res)
+    return renderer, options
+
+
+def run_workers(subject: Path, run: Path | None, res: int, gaussians: int | None, samples: np.ndarray,
+                workers: int) -> dict:
+    """``talksplat render``'s path: the whole clip's frames from ``Renderer.render_frames(workers=...)``
+    (``workers`` frames at once, one thread each) into H.264; end-to-end FPS and CPU ms per frame."""
+    from talksplat.io.video import VideoWriter
+
+    renderer, options = open_case(subject, run, res, gaussians, samples)
+    stamps: list[float] = []
+    cpu: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp, \
+            VideoWriter(Path(tmp) / "bench.mp4", res, res, fps=25, audio=samples) as writer:
+        for frame in renderer.render_frames(samples, options, workers=workers):
+            writer.write(frame)
+            stamps.append(time.perf_counter())
+            cpu.append(time.process_time())
+    frames = len(stamps)
+    fps = (frames - WARMUP_FRAMES) / (stamps[-1] - stamps[WARMUP_FRAMES - 1])
+    cpu_ms = (cpu[-1] - cpu[WARMUP_FRAMES - 1]) / (frames - WARMUP_FRAMES) * 1000
+    return {"res": res, "gaussians": renderer.avatar.num_gaussians(), "frames": frames, "workers": workers,
+            "fps_end_to_end": fps, "ms_per_frame_end_to_end": 1000 / fps, "cpu_ms_per_frame": cpu_ms}
+
+
+def run_case(subject: Path, run: Path | None, res: int, gaussians: int | None, samples: np.ndarray) -> dict:
+    from talksplat.io.video import VideoWriter
+    from talksplat.render.renderer import StageTimer
+
+    renderer, options = open_case(subject, run, res, gaussians, samples)
     renderer.timer = StageTimer()
     restore = instrument(renderer)
     stream = renderer.stream(options)
@@ -177,6 +213,9 @@ def run_case(subject: Path, run: Path | None, res: int, gaussians: int | None, s
     return {"res": res, "gaussians": renderer.avatar.num_gaussians(), "frames": frames,
             "fps_end_to_end": fps, "ms_per_frame_end_to_end": 1000 / fps, "cpu_ms_per_frame": cpu_ms,
             "total_seconds_incl_warmup": total, "encode_close_ms": 1000 * s["encode_close"][0],
+            # the first push to the first frame out, pushing audio as fast as it renders (no network):
+            # the stream's own share of a live session's first-frame latency
+            "first_frame_ms": 1000 * (stamps[0] - start),
             "median_ms": medians, "sum_of_stage_medians_ms": sum(medians[k] for k in STAGES),
             "encode_alone_ms": encode_alone(kept, samples),
             "latency_samples": stream.latency_samples, "threads": torch.get_num_threads()}
@@ -200,10 +239,20 @@ def combine(found: list[dict]) -> dict:
     """Median over repeated runs of one case (every number), keeping each run's end-to-end FPS."""
     out = dict(found[-1])
     for key in ("fps_end_to_end", "ms_per_frame_end_to_end", "cpu_ms_per_frame", "sum_of_stage_medians_ms",
-                "encode_alone_ms"):
+                "encode_alone_ms", "first_frame_ms"):
         out[key] = statistics.median(r[key] for r in found)
     out["median_ms"] = {k: statistics.median(r["median_ms"][k] for r in found) for k in found[0]["median_ms"]}
     out["fps_each_run"] = [round(r["fps_end_to_end"], 2) for r in found]
+    return out
+
+
+def combine_totals(found: list[dict]) -> dict:
+    """Median FPS and CPU ms over repeated runs of one case of ``run_workers``."""
+    out = dict(found[-1])
+    for key in ("fps_end_to_end", "ms_per_frame_end_to_end", "cpu_ms_per_frame"):
+        out[key] = statistics.median(r[key] for r in found)
+    out["fps_each_run"] = [round(r["fps_end_to_end"], 2) for r in found]
+    out["cpu_ms_each_run"] = [round(r["cpu_ms_per_frame"], 1) for r in found]
     return out
 
 
@@ -236,17 +285,18 @@ def fmt(value, digits=1) -> str:
 
 def print_table(rows: list[dict]) -> None:
     header = ("avatar", "N", "res", "features", "encoder", "motion", "raster", "backdrop", "fuse/comp", "paste", "x264",
-              "sum", "e2e ms", "FPS", "x264 alone", "CPU ms")
+              "sum", "e2e ms", "FPS", "x264 alone", "CPU ms", "1st frame")
     print(" | ".join(f"{h:>9}" for h in header))
     for r in rows:
         m = r["median_ms"]
         cells = (r["avatar"], r["gaussians"], r["res"], *(fmt(m.get(k), 2) for k in STAGES),
                  fmt(r["sum_of_stage_medians_ms"]), fmt(r["ms_per_frame_end_to_end"]), fmt(r["fps_end_to_end"]),
-                 fmt(r["encode_alone_ms"]), fmt(r["cpu_ms_per_frame"]))
+                 fmt(r["encode_alone_ms"]), fmt(r["cpu_ms_per_frame"]), fmt(r.get("first_frame_ms"), 0))
         print(" | ".join(f"{c!s:>9}" for c in cells))
     print("per-frame medians in ms; e2e = wall clock per frame after warm-up (includes Python overhead and x264's "
           "own threads); x264 = the write() call in the pipeline, x264 alone = encoding the same frames by themselves; "
-          "CPU ms = process CPU time per frame, all threads (on 2 idle cores the wall time is at least half of it)")
+          "CPU ms = process CPU time per frame, all threads (on 2 idle cores the wall time is at least half of it); "
+          "1st frame = ms from the first audio push to the first frame out")
 
 
 def main() -> None:
@@ -256,7 +306,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="driving audio per case")
     parser.add_argument("--repeats", type=int, default=3, help="runs per case (medians are reported)")
     parser.add_argument("--large", type=int, default=TARGET["gaussians"], help="Gaussians of the enlarged avatar")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="frames at once on talksplat render's path (default: render.renderer.default_workers())")
     args = parser.parse_args()
+    from talksplat.render.renderer import default_workers
+
+    workers = args.workers or default_workers()
 
     from talksplat.features.audio import load_audio_16k
 
@@ -264,30 +319,45 @@ def main() -> None:
     cases = [(avatar, gaussians, res) for avatar, gaussians in (("trained", None), ("enlarged", args.large))
              for res in RESOLUTIONS]
     runs: dict[tuple, list[dict]] = {case: [] for case in cases}
+    parallel: dict[tuple, list[dict]] = {case: [] for case in cases}
     for rep in range(args.repeats):       # round-robin, so a burst of load elsewhere hits every case alike
         for avatar, gaussians, res in cases:
             row = run_case(args.subject, args.run, res, gaussians, samples)
             runs[(avatar, gaussians, res)].append(row)
+            fast = run_workers(args.subject, args.run, res, gaussians, samples, workers)
+            parallel[(avatar, gaussians, res)].append(fast)
             print(f"run {rep + 1}/{args.repeats}: {avatar} N={row['gaussians']} {res}^2: "
-                  f"{row['fps_end_to_end']:.1f} FPS", flush=True)
+                  f"{row['fps_end_to_end']:.1f} FPS one frame at a time (stream), "
+                  f"{fast['fps_end_to_end']:.1f} FPS {workers} frames at once (talksplat render)", flush=True)
     rows = [{"avatar": case[0], **combine(found)} for case, found in runs.items()]
+    render_rows = [{"avatar": case[0], **combine_totals(found)} for case, found in parallel.items()]
     print()
+    print("one frame at a time on all threads (RenderStream, as `talksplat serve`), per stage:")
     print_table(rows)
+    print()
+    print(f"`talksplat render`'s path: {workers} frames at once, one thread each (Renderer.render_frames(workers=...)):")
+    for r in render_rows:
+        print(f"  {r['avatar']:>8} N={r['gaussians']:>6} {r['res']}^2: {r['fps_end_to_end']:5.1f} FPS "
+              f"(runs {r['fps_each_run']}), {r['cpu_ms_per_frame']:5.1f} CPU ms/frame")
     decode = decode_speed(args.subject)
     print(f"source decode {decode['size'][0]}x{decode['size'][1]}: {decode['forward_ms_per_frame']:.2f} ms/frame "
           f"forward, {decode['pingpong_ms_per_frame_8_frame_cache']:.2f} ms/frame ping-pong with an 8-frame cache")
-    target = next(r for r in rows if r["avatar"] == "enlarged" and r["res"] == TARGET["res"])
-    verdict = {"target": f"{TARGET['res']}^2, ~{TARGET['gaussians'] // 1000}k Gaussians >= {TARGET['fps']:.0f} FPS "
-                         "end to end on 2 cores",
-               "measured_fps": target["fps_end_to_end"], "met": target["fps_end_to_end"] >= TARGET["fps"],
-               "budget_ms": 1000 / TARGET["fps"],
-               "stage_share": {k: target["median_ms"][k] / target["sum_of_stage_medians_ms"] for k in STAGES}}
-    print(f"  [{'met' if verdict['met'] else 'MISSED'}] {verdict['target']}: {target['fps_end_to_end']:.1f} FPS "
-          f"({target['ms_per_frame_end_to_end']:.0f} ms/frame vs a {verdict['budget_ms']:.0f} ms budget)")
+    staged = next(r for r in rows if r["avatar"] == "enlarged" and r["res"] == TARGET["res"])
+    target = next(r for r in render_rows if r["avatar"] == "enlarged" and r["res"] == TARGET["res"])
+    met = target["fps_end_to_end"] >= TARGET["fps"] and target["cpu_ms_per_frame"] <= TARGET["cpu_ms"]
+    verdict = {"target": f"{TARGET['res']}^2, ~{TARGET['gaussians'] // 1000}k Gaussians, audio in -> H.264 out "
+                         f">= {TARGET['fps']:.0f} FPS and <= {TARGET['cpu_ms']:.0f} CPU ms per frame on 2 cores "
+                         "(`talksplat render`'s path)",
+               "measured_fps": target["fps_end_to_end"], "measured_cpu_ms": target["cpu_ms_per_frame"],
+               "workers": workers, "met": met, "budget_ms": 1000 / TARGET["fps"],
+               "one_frame_at_a_time_fps": staged["fps_end_to_end"],
+               "stage_share": {k: staged["median_ms"][k] / staged["sum_of_stage_medians_ms"] for k in STAGES}}
+    print(f"  [{'met' if met else 'MISSED'}] {verdict['target']}: {target['fps_end_to_end']:.1f} FPS, "
+          f"{target['cpu_ms_per_frame']:.0f} CPU ms/frame (one frame at a time: {staged['fps_end_to_end']:.1f} FPS)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": machine_info(), "subject": str(args.subject.resolve()),
-                                   "seconds": args.seconds, "repeats": args.repeats, "rows": rows, "source_decode": decode,
-                                   "target": verdict}, indent=1))
+                                   "seconds": args.seconds, "repeats": args.repeats, "rows": rows,
+                                   "render_rows": render_rows, "source_decode": decode, "target": verdict}, indent=1))
     print(f"wrote {RESULTS}")
 
 

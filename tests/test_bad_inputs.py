@@ -267,6 +267,8 @@ CASES: dict[str, Case] = {
                                    ("s long",), no_load=True),
     "render/video as audio without sound": Case(lambda w: ["render", w.subject, "--audio", w.mute, "-o", w.out],
                                                 USAGE, ("no audio stream",), no_load=True),
+    "render/--workers 0": Case(lambda w: ["render", w.subject, "--audio", w.speech, "-o", w.out, "--workers", "0"],
+                               USAGE, ("--workers", ">= 1"), no_load=True),
     "render/-o not .mp4": Case(lambda w: ["render", w.subject, "--audio", w.speech, "-o", w.root / "o.avi"], USAGE,
                                (".mp4",), no_load=True),
     "render/-o is a folder": Case(lambda w: ["render", w.subject, "--audio", w.speech, "-o", w.root / "folder.mp4"],

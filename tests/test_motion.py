@@ -108,3 +108,37 @@ def test_inference_cache_matches_the_training_path_with_per_gaussian_conditions(
         field.train()
         torch.testing.assert_close(cached.d_means, reference.d_means.detach(), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(cached.d_log_scales, reference.d_log_scales.detach(), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("per_gaussian", [False, True])
+def test_inference_in_row_blocks_matches_the_training_path(monkeypatch, per_gaussian):
+    """The inference MLP runs in row blocks (cache-sized): blocks of 64 over 150 Gaussians (two full,
+    one partial) with and without per-Gaussian conditions, with extra conditions, and no Gaussians."""
+    import talksplat.fields.motion as motion_module
+
+    monkeypatch.setattr(motion_module, "INFERENCE_ROW_BLOCK", 64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)          # blocks are used on one intra-op thread
+    try:
+        _check_blocks_against_training_path(per_gaussian)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_blocks_against_training_path(per_gaussian: bool) -> None:
+    torch.manual_seed(3)
+    field = _field(extra_dim=5)
+    for p in field.head.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    for n in (150, 0):
+        means = torch.rand(n, 3) * 0.2 + torch.tensor([-0.1, -0.1, 1.9])
+        audio = torch.randn(n, 32) if per_gaussian else torch.randn(32)
+        expression, extra = torch.rand(7), torch.randn(5)
+        field.train()
+        reference = field(means, audio, expression, extra)
+        field.eval()
+        with torch.no_grad():
+            blocked = field(means, audio, expression, extra)
+        assert blocked.d_means.shape == (n, 3)
+        for name in ("d_means", "d_log_scales", "d_quats"):
+            torch.testing.assert_close(getattr(blocked, name), getattr(reference, name).detach(), atol=1e-5, rtol=1e-4)

@@ -33,8 +33,23 @@ def register(subparsers) -> None:
     p.add_argument("--preset", default="medium",
                    choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"),
                    help="x264 speed preset (veryfast: ~2x faster encoding than medium at about the same size)")
+    p.add_argument("--workers", type=_workers, default=None, metavar="N",
+                   help="frames rendered at once, one thread each (default: one per core the process may use, "
+                        "at most 4; 1 = one frame at a time on all threads)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def _workers(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of workers >= 1 (got {text!r})")
+    return value
 
 
 def _frame_range(text: str) -> tuple[int, int]:
@@ -91,7 +106,7 @@ def run(args) -> int:
         if args.expression is None:     # the recipe's default (synctalkpp: generated from the audio)
             options = dataclasses.replace(options, expression=renderer.conditioner.default_expression)
         summary = render_video(renderer, args.audio, args.out, options, progress=not args.quiet,
-                               preset=args.preset, samples=samples)
+                               preset=args.preset, samples=samples, workers=args.workers)
     line = (f"wrote {summary['output']}: {summary['frames']} frames, {summary['seconds']:.2f} s, "
             f"{summary['size'][0]}x{summary['size'][1]}, {summary['fps']} frames/s")
     seam = summary.get("seam")

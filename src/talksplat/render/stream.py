@@ -26,7 +26,7 @@ renders them from the whole clip.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -72,6 +72,15 @@ def output_frame_count(num_samples: int) -> int:
     dropped). ``render_video`` fits the muxed audio to exactly these frames (<= 5 ms trimmed or < 40 ms
     of silence appended), so the output has exactly round(25 x duration) frames and equal A/V lengths."""
     return num_frames_for_samples(int(num_samples))
+
+
+class FrameJob(NamedTuple):
+    """What rendering output frame ``index`` needs: ``windows[window_index]`` is its audio window,
+    with the neighbours its conditions look at around it."""
+
+    index: int
+    windows: torch.Tensor
+    window_index: int
 
 
 class StreamingFeature:
@@ -182,6 +191,15 @@ class RenderStream:
     def iter_push(self, samples: np.ndarray) -> Iterator[np.ndarray]:
         """As :meth:`push`, rendering each frame only when the iterator is advanced (consume it fully
         before the next call)."""
+        return self._rendered(self.iter_push_jobs(samples))
+
+    def iter_flush(self) -> Iterator[np.ndarray]:
+        """As :meth:`flush`, rendering lazily."""
+        return self._rendered(self.iter_flush_jobs())
+
+    def iter_push_jobs(self, samples: np.ndarray) -> Iterator[FrameJob]:
+        """As :meth:`iter_push`, but yields each completed frame's :class:`FrameJob` instead of rendering
+        it (for a caller that renders several frames at once, e.g. ``Renderer.render_frames``)."""
         if self._total is not None:
             raise TalksplatError("this stream was flushed; start a new one with Renderer.stream()")
         chunk = np.asarray(samples, dtype=np.float32)
@@ -196,8 +214,8 @@ class RenderStream:
             self._received += chunk.size
         return self._emit()
 
-    def iter_flush(self) -> Iterator[np.ndarray]:
-        """As :meth:`flush`, rendering lazily."""
+    def iter_flush_jobs(self) -> Iterator[FrameJob]:
+        """As :meth:`iter_flush`, yielding :class:`FrameJob` s (see :meth:`iter_push_jobs`)."""
         if self._total is None:
             self._total = output_frame_count(self._received)
             # As offline: the audio is fitted (trimmed or zero-padded) to whole frames.
@@ -216,7 +234,11 @@ class RenderStream:
             return i < self._total
         return self._next_window > i + self.ahead
 
-    def _emit(self) -> Iterator[np.ndarray]:
+    def _rendered(self, jobs: Iterator[FrameJob]) -> Iterator[np.ndarray]:
+        for job in jobs:
+            yield self.renderer.render_frame(job.index, job.windows, job.window_index, self.options, self._seam)
+
+    def _emit(self) -> Iterator[FrameJob]:
         r = self.renderer
         while True:
             needed = self._next_frame + self.ahead
@@ -231,10 +253,9 @@ class RenderStream:
             base = max(0, i - self.behind)
             stop = i + self.ahead + 1 if self._total is None else min(self._total, i + self.ahead + 1)
             windows = torch.stack([self._windows[k] for k in range(base, stop)])
-            frame = r.render_frame(i, windows, i - base, self.options, self._seam)
             self._next_frame += 1
             self._forget()
-            yield frame
+            yield FrameJob(i, windows, i - base)
 
     def _forget(self) -> None:
         """Drops windows and samples no later frame needs."""
