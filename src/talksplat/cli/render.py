@@ -7,6 +7,7 @@ import dataclasses
 import signal
 from pathlib import Path
 
+from talksplat.core.constants import DEFAULT_DEVICE, DEVICE_CHOICES
 from talksplat.errors import UsageError
 
 
@@ -36,6 +37,9 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=_workers, default=None, metavar="N",
                    help="frames rendered at once, one thread each (default: one per core the process may use, "
                         "at most 4; 1 = one frame at a time on all threads)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default=DEFAULT_DEVICE,
+                   help=f"where the frames render (default {DEFAULT_DEVICE}; auto: cuda when PyTorch sees a GPU, "
+                        "gsplat is installed and the recipe supports it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -95,6 +99,10 @@ def run(args) -> int:
     from talksplat.render.renderer import Renderer, check_output_path, load_driving_audio, render_video
 
     options = _options(args)
+    if args.device != "cpu":      # no GPU: refused before the audio and the avatar load
+        from talksplat.engine.device import resolve_device
+
+        resolve_device(args.device, ("cpu", "cuda"))
     if args.audio.is_dir():
         raise UsageError(f"--audio {args.audio} is a folder; give an audio file")
     if not args.audio.is_file():
@@ -102,7 +110,7 @@ def run(args) -> int:
     check_output_path(args.out)
     samples = load_driving_audio(args.audio)      # bad audio fails in a second, before the model loads
     with _sigterm_unwinds():
-        renderer = Renderer.open(args.subject, args.recipe, args.run)
+        renderer = Renderer.open(args.subject, args.recipe, args.run, device=args.device)
         if args.expression is None:     # the recipe's default (synctalkpp: generated from the audio)
             options = dataclasses.replace(options, expression=renderer.conditioner.default_expression)
         summary = render_video(renderer, args.audio, args.out, options, progress=not args.quiet,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from talksplat import errors
+from talksplat.core.constants import DEFAULT_DEVICE, DEVICE_CHOICES
 from talksplat.errors import TalksplatError
 
 # Exit code 2 for a bad command line (errors.UsageError; plain TalksplatError where it does not exist yet).
@@ -25,6 +26,9 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--max-sessions", type=int, default=MAX_SESSIONS,
                    help=f"concurrent sessions (default {MAX_SESSIONS})")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default=DEFAULT_DEVICE,
+                   help=f"where the avatars render (default {DEFAULT_DEVICE}; auto: cuda when PyTorch sees a GPU, "
+                        "gsplat is installed and the recipe supports it)")
     p.set_defaults(func=run)
 
 
@@ -33,7 +37,7 @@ def run(args) -> int:
 
     from aiohttp import web
 
-    from talksplat.recipes import load_avatar
+    from talksplat.render.renderer import open_avatar
     from talksplat.serve.app import avatar_names, make_app
     from talksplat.serve.limits import ServeLimits
     from talksplat.serve.media import is_loopback
@@ -48,7 +52,7 @@ def run(args) -> int:
     avatars = []
     for path in args.avatars:
         print(f"loading {path} ...", flush=True)
-        avatars.append(load_avatar(path))
+        avatars.append(open_avatar(path, device=args.device))
     named = avatar_names(avatars)
     app = make_app(named, ServeLimits(max_sessions=args.max_sessions), loopback=is_loopback(args.host))
     shown = f"[{args.host}]" if ":" in args.host else args.host

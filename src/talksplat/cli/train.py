@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from talksplat.core.constants import DEFAULT_DEVICE, DEVICE_CHOICES
 from talksplat.errors import UsageError
 
 QUALITIES = ("draft", "default", "high")
@@ -51,6 +52,9 @@ def register(subparsers) -> None:
     p.add_argument("--restart", action="store_true", help="discard the run's checkpoints and start over")
     p.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints")
     p.add_argument("--eval-frames", type=int, default=8, help="held-out frames scored after each stage")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default=DEFAULT_DEVICE,
+                   help=f"where the steps run (default {DEFAULT_DEVICE}; auto: cuda when PyTorch sees a GPU, gsplat "
+                        "is installed and the recipe supports it; docs/training.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -129,7 +133,7 @@ def run(args) -> int:
         raise UsageError("--eval-frames and --checkpoint-every must be >= 0")
     cfg = build_config(args, recipe_cls)
     trainer_cfg = TrainerConfig(checkpoint_every_s=args.checkpoint_every, eval_frames=args.eval_frames,
-                                quiet=args.quiet)
+                                quiet=args.quiet, device=args.device)
     summary = train(args.subject, recipe_cls, cfg, trainer_cfg, out_dir=args.out, restart=args.restart)
     scores = summary["held_out_by_stage"]
     speed = f"{summary['ms_per_iteration_median']} ms/it, " if summary["ms_per_iteration_median"] else ""

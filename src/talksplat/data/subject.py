@@ -63,6 +63,17 @@ class SubjectData:
     extra_channels: dict[str, np.ndarray] = field(default_factory=dict)
     subject_dir: Path | None = None
     fingerprint: dict = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def to(self, device: torch.device | str) -> SubjectData:
+        """Moves the tensors to ``device`` (in place; returns self). Frames and masks stay
+        memory-mapped on the host; ``image``, ``labels`` and ``backdrop`` return tensors on ``device``."""
+        self.device = torch.device(device)
+        for name in ("background", "K", "w2c", "expressions", "audio"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(self.device))
+        return self
 
     @property
     def n_frames(self) -> int:
@@ -95,21 +106,22 @@ class SubjectData:
 
     def image(self, t: int) -> Tensor:
         """(size, size, 3) float in [0, 1]."""
-        return torch.from_numpy(self._resized(self.frames[t], interpolation="area")).float() / 255.0
+        return torch.from_numpy(self._resized(self.frames[t], interpolation="area")).to(self.device).float() / 255.0
 
     def labels(self, t: int) -> Tensor:
-        return torch.from_numpy(self._resized(self.masks[t], interpolation="nearest"))
+        return torch.from_numpy(self._resized(self.masks[t], interpolation="nearest")).to(self.device)
 
     def backdrop(self, t: int) -> Tensor:
         """What shows behind the head in frame t: the source torso and neck, else the plate."""
         # A lookup table and a mask expanded to the three channels: torch.isin and a where that
         # broadcasts the mask were 3x slower, and this runs for every rendered and trained frame.
-        keep = torch.from_numpy(_BACKDROP_LOOKUP[self.labels(t).numpy()])
+        labels = self._resized(self.masks[t], interpolation="nearest")
+        keep = torch.from_numpy(_BACKDROP_LOOKUP[labels]).to(self.device)
         return torch.where(keep[..., None].expand(-1, -1, 3).contiguous(), self.image(t), self.background)
 
     def head_box(self, t: int) -> tuple[slice, slice] | None:
         """The bounding box of the head labels in frame t (rows, cols), or None when there are none."""
-        ys, xs = np.nonzero(np.isin(self.labels(t).numpy(), HEAD_LABELS))
+        ys, xs = np.nonzero(np.isin(self._resized(self.masks[t], interpolation="nearest"), HEAD_LABELS))
         if len(ys) == 0:
             return None
         return slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)

@@ -76,6 +76,17 @@ class Avatar:
     def num_gaussians(self) -> int:
         return self.recipe.num_gaussians()
 
+    @property
+    def device(self) -> torch.device:
+        return self.recipe.device
+
+    def to_device(self, device: torch.device) -> Avatar:
+        """Moves the weights and the subject's tensors to ``device``; the conditioner is rebuilt there
+        (it holds the subject's expression tensors). Rendered images stay on ``device``."""
+        self.recipe.to_device(device)
+        self.conditioner = self.recipe.conditioner()
+        return self
+
     # ------------------------------------------------------------------ rendering
     @torch.no_grad()
     def render(self, source_frame: int, conditions: Conditions | None, backdrop: torch.Tensor | None = None) -> dict:

@@ -43,7 +43,7 @@ def save_checkpoint(folder: Path, step: int, tensors: dict[str, Tensor], *, reci
     target = folder / f"{STEP_PREFIX}{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".tmp-"))
     try:
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_FILE))
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / TENSORS_FILE))
         meta = {"format_version": FORMAT_VERSION, "recipe": recipe, "step": step,
                 "config": dataclasses.asdict(config), "progress": progress or {}, "subject": subject or {},
                 "tensors_sha256": _sha256(tmp / TENSORS_FILE)}

@@ -49,7 +49,7 @@ class AudioExpressionConditioner(Conditioner):
     def conditions(self, windows: Tensor, index: int, source_frame: int, expression: str) -> Conditions:
         if expression not in self.expression_modes:
             raise UsageError(f"expression must be one of {', '.join(self.expression_modes)} (got {expression!r})")
-        code = self.audio_encoder(windows, index)
+        code = self.audio_encoder(windows.to(self.expressions.device), index)
         expr = self.expressions[source_frame] if expression == "video" else self.neutral
         return {"audio_code": code, "expression": expr}
 
@@ -86,6 +86,12 @@ class SpeechCondition(nn.Module):
     @property
     def out_dim(self) -> int:
         return int(self.encoder.config.out_dim)
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        if self.lip_states is not None:        # tracked states (not saved: refitted from the subject)
+            self.lip_states = fn(self.lip_states)
+        return self
 
     def _fit_lip_state_encoder(self, cfg: LipStateEncoderConfig, max_gain: float) -> LipStateEncoder:
         data, train = self.data, self.data.train_frames

@@ -137,6 +137,9 @@ class Recipe(nn.Module):
     # Settings for the conformance test's tiny run through every stage (seconds on a CPU); each
     # stage must have enough iterations for densification to grow and prune at least once.
     test_overrides: ClassVar[dict[str, object]] = {}
+    # Devices the recipe trains and renders on (engine.device; ``--device``). A recipe lists "cuda"
+    # once every tensor it makes follows its parameters' device.
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
 
     def __init__(self, data: SubjectData, cfg: RecipeConfig, rng: np.random.Generator) -> None:
         super().__init__()
@@ -168,6 +171,17 @@ class Recipe(nn.Module):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ defaults
+    def to_device(self, device: torch.device) -> Recipe:
+        """Moves the parameters, buffers (and whatever a part moves in its ``_apply``) and the
+        subject's tensors to ``device``; returns self."""
+        self.to(device)
+        self.data.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
     def sampler(self, stage: Stage) -> Sampler:
         return make_sampler(stage.sampler, self.data)
 

@@ -11,7 +11,7 @@ from talksplat.engine.losses import psnr, ssim
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
-    return (image.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    return (image.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
 
 @torch.no_grad()

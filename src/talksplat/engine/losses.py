@@ -37,7 +37,7 @@ def _blur(x: Tensor, kernel: Tensor) -> Tensor:
 def ssim(img: Tensor, ref: Tensor) -> Tensor:
     """Mean SSIM of img[H, W, C] vs ref[H, W, C] in [0, 1] (Gaussian window, sigma 1.5, as the papers)."""
     x, y = (t.permute(2, 0, 1)[None] for t in (img, ref))
-    k = _gaussian_kernel(SSIM_WINDOW, SSIM_SIGMA).to(x.dtype)
+    k = _gaussian_kernel(SSIM_WINDOW, SSIM_SIGMA).to(x.device, x.dtype)
     # One blur call over all five maps: fewer, larger convolutions are much cheaper on the CPU.
     mu_x, mu_y, exx, eyy, exy = _blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), k).chunk(5, dim=1)
     sxx = exx - mu_x.square()

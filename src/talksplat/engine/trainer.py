@@ -35,6 +35,7 @@ from talksplat.data.subject import load_subject_data
 from talksplat.engine.checkpoint import load_latest_valid, save_checkpoint
 from talksplat.engine.config import config_to_dict, differences
 from talksplat.engine.contract import Batch, Recipe, Stage, View
+from talksplat.engine.device import resolve_device
 from talksplat.engine.evaluate import evaluate_held_out, to_uint8
 from talksplat.engine.losses import psnr
 from talksplat.engine.runs import check_fingerprint, default_run_dir
@@ -50,6 +51,9 @@ class TrainerConfig:
     log_every: int = 25
     eval_frames: int = 8   # held-out frames scored at the end of each stage
     quiet: bool = False
+    # Where the steps run (engine.device: auto|cpu|cuda). Not part of the recipe's config: a run
+    # trained on one device resumes and renders on any other.
+    device: str = "cpu"
 
 
 # ------------------------------------------------------------------------------------------ stages
@@ -115,6 +119,16 @@ class Engine:
 
     def stage(self, step: int) -> Stage:
         return stage_at(self.stages, step)[0]
+
+    def to_device(self, device: torch.device) -> Engine:
+        """Moves the recipe (and its subject's tensors) and the networks' Adam moments to ``device``."""
+        self.recipe.to_device(device)
+        self._pending_optim = {group: {i: _moved(state, device) for i, state in states.items()}
+                               for group, states in self._pending_optim.items()}
+        for optimizer in (self._network_optimizers or {}).values():
+            for param, state in optimizer.state.items():
+                optimizer.state[param] = _moved(state, device)
+        return self
 
     def train_step(self, step: int) -> dict:
         recipe, rng = self.recipe, self.recipe.rng
@@ -199,6 +213,10 @@ class Engine:
         _restore_numpy_rng(recipe.rng, tensors["rng/numpy"])
 
 
+def _moved(state: dict, device: torch.device) -> dict:
+    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in state.items()}
+
+
 def _numpy_rng_words(rng: np.random.Generator) -> list[int]:
     state = rng.bit_generator.state  # PCG64: 128-bit state and increment
     words = []
@@ -258,6 +276,7 @@ def train(subject_dir: Path, recipe_cls: type[Recipe], recipe_cfg=None, trainer_
     # What the arguments alone decide is refused before a checkpoint or the subject is loaded (a real
     # subject takes ~15 s) and before --restart deletes anything.
     _check_run_folder(out_dir)
+    device = resolve_device(trainer_cfg.device, recipe_cls.devices, f"recipe {recipe_cls.name}")
     if recipe_cfg is not None:
         _check_settings(recipe_cls, recipe_cfg)
     if restart:
@@ -283,6 +302,8 @@ def train(subject_dir: Path, recipe_cls: type[Recipe], recipe_cfg=None, trainer_
         restore(engine, state, latest, f"start over with `talksplat train {subject_dir} --restart`")
         if not trainer_cfg.quiet:
             print(f"resuming {recipe.name} from {latest.name} (step {start} of {engine.total})")
+    if device.type != "cpu":    # built and restored on the CPU (checkpoints hold CPU tensors), then moved
+        engine.to_device(device)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(config_to_dict(recipe_cfg), indent=1))
@@ -395,7 +416,7 @@ class _Loop:
         t = int(self.eval_frames[len(self.eval_frames) // 2]) if len(self.eval_frames) else 0
         stage = self.engine.stage(step)
         rendered = self.recipe(View(t), self.recipe.conditions(t) if stage.deform else None, stage)["image"]
-        both = torch.cat([data.image(t), rendered.clamp(0, 1)], dim=1)
+        both = torch.cat([data.image(t), rendered.clamp(0, 1)], dim=1).cpu()
         path = self.out_dir / "previews" / f"step-{step:08d}.png"
         path.parent.mkdir(exist_ok=True)
         iio.imwrite(path, to_uint8(both))
@@ -406,6 +427,7 @@ class _Loop:
                    "iterations": self.engine.total, "gaussians": self.recipe.num_gaussians(),
                    "ms_per_iteration_median": round(float(np.median(times)) * 1000, 1) if times else None,
                    "held_out_by_stage": self.stage_scores, "threads": torch.get_num_threads(),
+                   "device": str(self.recipe.device),
                    **self.recipe.summary_extras()}
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         plot_training_curves(self.out_dir / "log.jsonl", self.out_dir / "curves.png", self.engine.stages)

@@ -77,14 +77,17 @@ class DensifyStrategy:
         return changes
 
     def _accumulate(self, state: DensifyState, meta: dict, image_size: tuple[int, int], n: int) -> None:
+        device = meta["means2d"].device
         if state.count is None or state.count.shape[0] != n:
-            state.grad2d_sum, state.count, state.max_radius = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+            state.grad2d_sum, state.count, state.max_radius = (torch.zeros(n, device=device) for _ in range(3))
         grad = meta["means2d"].grad
         if grad is None:
             return
+        if grad.ndim == 3:      # gsplat's means2d carry a leading camera axis (one camera here)
+            grad = grad[0]
         width, height = image_size
         # Pixel gradients -> NDC units (x W/2, y H/2) so thresholds match 3DGS at any resolution.
-        grad = grad * torch.tensor([width / 2.0, height / 2.0])
+        grad = grad * torch.tensor([width / 2.0, height / 2.0], device=device)
         visible = meta["visible"]
         state.grad2d_sum[visible] += grad[visible].norm(dim=-1)
         state.count[visible] += 1
@@ -101,19 +104,21 @@ class DensifyStrategy:
         clone_mask, split_mask = _within_budget(grow & small, grow & ~small, mean_grad, budget)
         n_clone, n_split = int(clone_mask.sum()), int(split_mask.sum())
         # Track the screen-size verdict through the reordering that cloning and splitting do.
-        no_clones = torch.zeros(n_clone, dtype=torch.bool)
+        device = params["means"].device
+        no_clones = torch.zeros(n_clone, dtype=torch.bool, device=device)
         duplicate(params, optimizers, clone_mask, attrs)
         split_mask = torch.cat([split_mask, no_clones])
         too_wide_on_screen = torch.cat([too_wide_on_screen, no_clones])
         split(params, optimizers, split_mask, attrs=attrs)
-        too_wide_on_screen = torch.cat([too_wide_on_screen[~split_mask], torch.zeros(2 * n_split, dtype=torch.bool)])
+        too_wide_on_screen = torch.cat([too_wide_on_screen[~split_mask],
+                                        torch.zeros(2 * n_split, dtype=torch.bool, device=device)])
         opacities = torch.sigmoid(params["opacity_logits"])
         scales = torch.exp(params["log_scales"]).max(dim=-1).values
         prune = (opacities < self.prune_opacity) | (scales > self.prune_scale3d * self.scene_extent)
         prune |= too_wide_on_screen
         remove(params, optimizers, prune, attrs)
         n = params["means"].shape[0]
-        state.grad2d_sum, state.count, state.max_radius = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+        state.grad2d_sum, state.count, state.max_radius = (torch.zeros(n, device=device) for _ in range(3))
         return {"cloned": n_clone, "split": n_split, "pruned": int(prune.sum()), "total": n}
 
 

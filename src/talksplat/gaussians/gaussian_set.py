@@ -59,6 +59,21 @@ class GaussianSet(nn.Module):
     def __len__(self) -> int:
         return int(self.params["means"].shape[0])
 
+    def _apply(self, fn, recurse: bool = True):
+        """``.to(device)`` etc. also move what is not a parameter or buffer: the attributes, the
+        densification statistics and the Adam moments (restored or live)."""
+        super()._apply(fn, recurse)
+        self.attrs = {name: fn(value) for name, value in self.attrs.items()}
+        for key in DENSIFY_STATE_KEYS:
+            value = getattr(self.densify_state, key)
+            if value is not None:
+                setattr(self.densify_state, key, fn(value))
+        self._pending_adam = {name: _moved_state(state, fn) for name, state in self._pending_adam.items()}
+        for optimizer in (self._optimizers or {}).values():
+            for param, state in optimizer.state.items():
+                optimizer.state[param] = _moved_state(state, fn)
+        return self
+
     @property
     def optimizers(self) -> dict[str, torch.optim.Adam]:
         """One Adam per parameter, made on first use: the first optimizer a process builds imports
@@ -149,3 +164,9 @@ class GaussianSet(nn.Module):
             raise KeyError(f"{prefix} attributes {sorted(found)} do not match this recipe's {sorted(expected)}")
         for name in expected:
             self.set_attr(name, tensors[f"{prefix}/attrs/{name}"])
+
+
+def _moved_state(state: dict, fn) -> dict:
+    """An optimizer state with its tensors passed through ``fn`` (Adam's step count too, a tensor
+    that PyTorch keeps on the host for CPU parameters)."""
+    return {key: fn(value) if isinstance(value, Tensor) else value for key, value in state.items()}

@@ -144,6 +144,9 @@ class TalkingGaussian(Recipe):
     test_overrides: ClassVar[dict[str, object]] = {
         "size": 64, "face_points": 600, "mouth_points": 100, "refine_every": 4,
         "iterations.static": 10, "iterations.motion": 8, "iterations.finetune": 3}
+    # cuda: written to follow the parameters' device, not yet run on a GPU (tests/test_device.py has
+    # the checks that run where CUDA exists).
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
 
     def __init__(self, data: SubjectData, cfg: TalkingGaussianConfig, rng: np.random.Generator) -> None:
         super().__init__(data, cfg, rng)

@@ -33,13 +33,14 @@ import torch
 
 from talksplat.core.constants import FPS, SAMPLE_RATE
 from talksplat.engine.avatar import Avatar
+from talksplat.engine.device import resolve_device
 from talksplat.errors import TalksplatError, UsageError
 from talksplat.recipes import load_avatar
 from talksplat.render.seam import FEATHER_SIGMA_FRACTION, Box, SeamMeter, feather_mask, paste
 from talksplat.render.stream import FrameJob, RenderStream, output_frame_count, streaming_feature
 
 __all__ = ["FEATHER_SIGMA_FRACTION", "MAX_AUDIO_SECONDS", "RenderOptions", "RenderStream", "Renderer",
-           "default_workers", "output_frame_count", "pingpong", "render_video"]
+           "default_workers", "open_avatar", "output_frame_count", "pingpong", "render_video"]
 
 PoseSource = Literal["loop", "still", "range"]
 ExpressionSource = Literal["video", "neutral"]
@@ -112,9 +113,10 @@ class Renderer:
         self._source_frames = None
 
     @classmethod
-    def open(cls, path: Path, recipe: str | None = None, run: Path | None = None) -> Renderer:
-        """Loads the avatar of ``path`` (a prepared subject, or a run folder; see ``recipes.load_avatar``)."""
-        return cls(load_avatar(Path(path), recipe, run))
+    def open(cls, path: Path, recipe: str | None = None, run: Path | None = None, device: str = "cpu") -> Renderer:
+        """Loads the avatar of ``path`` (a prepared subject, or a run folder; see ``recipes.load_avatar``)
+        onto ``device`` (see :func:`open_avatar`)."""
+        return cls(open_avatar(path, recipe, run, device))
 
     # ---------------------------------------------------------------------------------- options
     def check_options(self, options: RenderOptions | None) -> RenderOptions:
@@ -262,8 +264,8 @@ class Renderer:
         """(uint8 RGB crop, float alpha (H, W)) of the avatar posed like source frame ``src``."""
         with self.stage("render"):
             out = self.avatar.render(src, conditions)
-            frame = out["image"].mul(255.0).clamp_(0.0, 255.0).round_().to(torch.uint8).numpy()
-        return frame, out["alpha"].numpy()[..., 0]
+            frame = out["image"].mul(255.0).clamp_(0.0, 255.0).round_().to(torch.uint8).cpu().numpy()
+        return frame, out["alpha"][..., 0].cpu().numpy()
 
     def paste_back(self, crop_rgb: np.ndarray, alpha: np.ndarray, src: int,
                    seam_meter: SeamMeter | None = None) -> np.ndarray:
@@ -367,9 +369,24 @@ def load_driving_audio(audio_path: Path, max_seconds: float | None = None) -> np
     return samples
 
 
-def default_workers() -> int:
-    """Frames ``render_video`` renders at once: one per thread PyTorch may use (its default is the
-    cores this process may run on), at most ``MAX_DEFAULT_WORKERS``."""
+def open_avatar(path: Path, recipe: str | None = None, run: Path | None = None, device: str = "cpu") -> Avatar:
+    """``recipes.load_avatar`` onto ``device`` (``auto``, ``cpu`` or ``cuda``: engine.device). Asking for
+    a GPU where there is none is refused before the avatar loads."""
+    if device != "cpu":
+        resolve_device(device, ("cpu", "cuda"))
+    avatar = load_avatar(Path(path), recipe, run)
+    chosen = resolve_device(device, avatar.recipe.devices, f"recipe {avatar.recipe_name}")
+    if chosen.type != "cpu":
+        avatar.to_device(chosen)
+    return avatar
+
+
+def default_workers(device: torch.device | None = None) -> int:
+    """Frames ``render_video`` renders at once: on the CPU one per thread PyTorch may use (its default
+    is the cores this process may run on), at most ``MAX_DEFAULT_WORKERS``; on a GPU one (the GPU
+    works in parallel within a frame)."""
+    if device is not None and device.type != "cpu":
+        return 1
     return max(1, min(torch.get_num_threads(), MAX_DEFAULT_WORKERS))
 
 
@@ -399,7 +416,7 @@ def render_video(renderer: Renderer, audio_path: Path, out_path: Path, options: 
     try:
         with VideoWriter(out_path, width, height, fps=FPS, audio=muxed, sample_rate=SAMPLE_RATE,
                          preset=preset) as writer:
-            workers = default_workers() if workers is None else workers
+            workers = default_workers(renderer.avatar.device) if workers is None else workers
             frames = renderer.render_frames(samples, options, meter, workers=workers)
             for frame in tqdm(frames, total=n_frames, desc="rendering", unit="frame", disable=not progress):
                 with renderer.stage("encode"):
@@ -414,7 +431,7 @@ def render_video(renderer: Renderer, audio_path: Path, out_path: Path, options: 
                "output": str(out_path), "render_seconds": round(elapsed, 2),
                "fps": round(n_frames / elapsed, 2) if elapsed > 0 else None,
                "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
-               "checkpoint_step": renderer.checkpoint_step, "workers": workers}
+               "checkpoint_step": renderer.checkpoint_step, "workers": workers, "device": str(renderer.avatar.device)}
     if meter is not None:
         summary["seam"] = meter.result()
     return summary
