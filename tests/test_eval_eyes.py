@@ -78,6 +78,37 @@ def test_eye_aspect_ratio_of_landmarks_is_scale_free_and_nan_without_a_face():
     assert math.isnan(ear[1]) and ear[0] == pytest.approx(0.3)
 
 
+def _landmarks_with_ear(openness: np.ndarray) -> np.ndarray:
+    """(T, 478, 3) landmarks whose eyes are 40 px wide and ``openness`` x 40 px high (EAR = openness)."""
+    lms = np.zeros((len(openness), 478, 3))
+    for eye_corners, lids in (((33, 133), ((159, 145), (158, 153), (160, 144))),
+                              ((263, 362), ((386, 374), (385, 380), (387, 373)))):
+        lms[:, eye_corners[0], 0], lms[:, eye_corners[1], 0] = 0.0, 40.0
+        for up, down in lids:
+            lms[:, up, 1], lms[:, down, 1] = 0.0, 40.0 * openness
+    return lms
+
+
+def test_cross_driven_blinks_are_also_compared_with_the_replayed_source_frames():
+    """A render that replays the first 100 frames of a 300-frame clip with 3 blinks there and 1 in
+    the rest blinks 3 times: against the whole clip's rate it looks 2.25x too often, against the
+    frames it replays it is exact."""
+    from talksplat.eval.runner import _Clip, _eyes_summary
+
+    real = np.full(300, 0.3)
+    for start in (10, 40, 70, 200):
+        real[start:start + 3] = 0.05
+    replayed = np.arange(100)
+    clip = _Clip(np.arange(100), _landmarks_with_ear(real[replayed]), _landmarks_with_ear(real),
+                 np.zeros(0, np.float32), np.zeros(0, np.float32))
+    eyes = _eyes_summary(clip, {}, replayed)
+    assert eyes["ours"]["blinks"] == 3 and eyes["reference"]["blinks"] == 4
+    assert eyes["blink_rate_ratio"] == pytest.approx((3 / 100) / (4 / 300))
+    assert eyes["reference_replayed"]["blinks"] == 3 and eyes["blink_rate_ratio_replayed"] == pytest.approx(1.0)
+    beyond = _eyes_summary(clip, {}, np.arange(200, 400))        # past the tracked reference: not scored
+    assert "reference_replayed" not in beyond
+
+
 def test_blink_runs_merge_flicker_and_skip_missing_faces():
     ear = np.full(100, 0.3)
     ear[10:13] = 0.05                     # one blink

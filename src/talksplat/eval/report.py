@@ -160,6 +160,10 @@ def _eyes_section(m: dict) -> list[str]:
             ["EAR minimum", _f(o["ear_min"], 3), _f(r["ear_min"], 3)],
             ["seconds (frames with a face)", f"{_f(o['seconds'], 1)} ({o['frames_with_face']})",
              f"{_f(r['seconds'], 1)} ({r['frames_with_face']})"]]
+    same = ey.get("reference_replayed")
+    if same:
+        rows.insert(2, ["blinks per minute of the reference over the replayed source frames", "",
+                        f"{_f(same['blinks_per_minute'], 1)} ({same['blinks']} blinks)"])
     lines = ["## Eyes", "", f"{ey['label']}.", ""] + _table(["figure", "ours", ref_name], rows)
     if "psnr_eye_region" in ey:
         lines += ["", (f"- Eye-region PSNR: {_f(ey['psnr_eye_region'])} dB over {ey['psnr_eye_region_frames']} "

@@ -307,6 +307,8 @@ def _cross_driven(renderer, audio: Path, samples: np.ndarray, config: EvalConfig
     ref_samples = _audio_slice(_subject_audio(renderer), 0, n_ref)
     clip = _Clip(np.arange(n), np.stack(ours), np.stack(reference), _audio_slice(samples, 0, n), ref_samples,
                  {"frame": list(range(n)), "gradient_mouth_ours": gradient_ours}, seconds)
+    # the source frame each output frame replays (pose, expression, blinks): the fair blink reference
+    replayed = np.array([renderer.source_index(i, renderer.check_options(options)) for i in range(n)])
     result = {
         "mode": "cross",
         "audio": str(Path(audio).resolve()),
@@ -316,7 +318,7 @@ def _cross_driven(renderer, audio: Path, samples: np.ndarray, config: EvalConfig
         "motion": {"not_applicable": "cross-driven: there is no ground-truth video for this audio"},
         "sync": _sync_summary(clip),
         "stability": _stability_summary(clip, config),
-        "eyes": _eyes_summary(clip, clip.per_frame),
+        "eyes": _eyes_summary(clip, clip.per_frame, replayed),
         "mouth_interior": {"label": LABELS["mouth_interior"],
                            "psnr": None, "not_applicable": "cross-driven: no ground truth for a PSNR",
                            "gradient_energy_ours": _mean(gradient_ours), "gradient_energy_reference": _mean(gradient_ref),
@@ -341,9 +343,11 @@ def _ratio(a: float, b: float) -> float:
     return a / b if math.isfinite(a) and math.isfinite(b) and b > 0 else math.nan
 
 
-def _eyes_summary(clip: _Clip, per_frame: dict[str, list]) -> dict:
+def _eyes_summary(clip: _Clip, per_frame: dict[str, list], replayed: np.ndarray | None = None) -> dict:
     """Blinks per minute and the EAR distribution of ours and the reference, and (self-reconstruction)
-    the eye-region PSNR."""
+    the eye-region PSNR. Cross-driven, ``replayed`` (the source frame of each output frame) also gives
+    the reference over exactly the frames the render replays: a render that loops 14 s of a 26 s clip
+    replays that stretch's blinks, which may be more or fewer than the whole clip's rate."""
     ear_ours, ear_ref = S.eye_aspect_ratio(clip.ours), S.eye_aspect_ratio(clip.reference)
     per_frame["ear_ours"], per_frame["ear_reference"] = ear_ours.tolist(), ear_ref.tolist()
     ours, ref = M.blink_statistics(ear_ours), M.blink_statistics(ear_ref)
@@ -351,6 +355,11 @@ def _eyes_summary(clip: _Clip, per_frame: dict[str, list]) -> dict:
            "blink_rate_ratio": _ratio(ours["blinks_per_minute"] or 0.0, ref["blinks_per_minute"] or 0.0),
            "ear_p5_difference": (ours["ear_p5"] - ref["ear_p5"]
                                  if ours["ear_p5"] is not None and ref["ear_p5"] is not None else None)}
+    if replayed is not None and len(replayed) and int(replayed.max()) < len(ear_ref):
+        # each series closes below a fraction of its own median EAR, as everywhere
+        same = M.blink_statistics(ear_ref[replayed])
+        out["reference_replayed"] = same
+        out["blink_rate_ratio_replayed"] = _ratio(ours["blinks_per_minute"] or 0.0, same["blinks_per_minute"] or 0.0)
     if "psnr_eyes" in per_frame:
         out["psnr_eye_region"] = _mean(per_frame["psnr_eyes"])
         out["psnr_eye_region_frames"] = int(np.isfinite(per_frame["psnr_eyes"]).sum())
