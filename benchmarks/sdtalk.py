@@ -34,6 +34,7 @@ load average is recorded with each figure.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -151,8 +152,9 @@ def loo(args: argparse.Namespace) -> dict:
     loaded = one.load_model(Path(args.model))
     cfg, model = loaded.config, loaded.model
     held_out = Path(args.subject)
-    trained_on = [s["name"] for s in json.loads((Path(args.model) / "summary.json").read_text())["identities"]]
-    if held_out.name in trained_on:
+    pretraining = pretraining_facts(Path(args.model), loaded.path, cfg)
+    trained_on = [s["name"] for s in pretraining["identities"]]
+    if held_out.name in trained_on or str(held_out.resolve()) in {s.get("path") for s in pretraining["identities"]}:
         raise SystemExit(f"{held_out.name} was in the pretraining set: not a leave-one-out check")
     data = load_subject_data(held_out, cfg.size, cfg.audio_feature)
     source = one.source_from_subject(held_out, 0, cfg)
@@ -169,6 +171,7 @@ def loo(args: argparse.Namespace) -> dict:
     as_uint8 = lambda images: [(im.clamp(0, 1) * 255).round().byte().numpy() for im in images]
     held = [(data.image(0).numpy() * 255).round().astype(np.uint8)] * len(frames)      # the source, still
     result = {"held_out": held_out.name, "pretrained_on": trained_on, "checkpoint_step": loaded.step,
+              "pretraining": {k: v for k, v in pretraining.items() if k != "identities"},
               "size": cfg.size, "frames": len(frames), "source_frame": 0,
               "sdtalk": score(as_uint8(driven), real, real_landmarks, cfg.size),
               "sdtalk_without_motion": score(as_uint8(still_recon), real, real_landmarks, cfg.size),
@@ -187,6 +190,30 @@ def loo(args: argparse.Namespace) -> dict:
                                 zip(real[::max(1, len(real) // 6)], as_uint8(driven)[::max(1, len(real) // 6)])], axis=1)
         cv2.imwrite(args.save_frames, strip[..., ::-1])
     return result
+
+
+def pretraining_facts(model_dir: Path, checkpoint: Path, cfg) -> dict:
+    """What the evaluated checkpoint saw: identities, steps, wall seconds and samples per identity,
+    from summary.json when the run finished, else from the checkpoint's meta.json (a run stopped
+    early, e.g. by a deadline, is evaluated at its newest checkpoint and says so)."""
+    from talksplat.recipes.sdtalk import load_identities, samples_per_identity
+
+    summary_path = model_dir / "summary.json"
+    meta = json.loads((Path(checkpoint) / "meta.json").read_text())
+    progress = meta["progress"]
+    facts = {"steps_done": int(meta["step"]), "global_batch": progress["world_size"] * progress["batch_per_process"],
+             "train_seconds": progress.get("seconds"), "identities": meta["subject"]["subjects"],
+             "stages": dataclasses.asdict(cfg.iterations), "finished": summary_path.is_file()}
+    counts = [None]
+    if facts["finished"]:
+        summary = json.loads(summary_path.read_text())
+        facts.update(train_seconds=summary["train_seconds"], samples_per_second=summary["samples_per_second"])
+        counts = [s.get("samples") for s in summary["identities"]]
+    if None in counts:      # a run stopped early, or one pretrained before the counts were recorded
+        identities = load_identities([Path(s["path"]) for s in facts["identities"]], cfg)
+        counts = samples_per_identity(identities, cfg.seed, facts["steps_done"], facts["global_batch"])
+    facts["samples_per_identity"] = {s["name"]: n for s, n in zip(facts["identities"], counts)}
+    return facts
 
 
 def single_frame_subject(held_out: Path, out: Path, train_frames: np.ndarray) -> Path:
