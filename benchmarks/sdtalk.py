@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/sdtalk.py throughput SUBJECT_DIR... [--size 256] [--steps 6] [--name NAME]
     .venv/bin/python benchmarks/sdtalk.py fps MODEL_DIR SUBJECT_DIR [--frames 50] [--name NAME]
-    .venv/bin/python benchmarks/sdtalk.py loo MODEL_DIR HELD_OUT_SUBJECT [--name NAME] [--tg-iters A B C --work DIR]
+    .venv/bin/python benchmarks/sdtalk.py loo MODEL_DIR HELD_OUT_SUBJECT [--name NAME] [--tg-iters A B C --work DIR] [--seen]
 
 ``throughput`` runs ``talksplat pretrain`` twice from scratch with the same global batch (2 samples
 per step): 1 process x batch 2 with all cores' threads, then ``--nproc 2`` x batch 1 with
@@ -26,6 +26,11 @@ shows frame 0 (image, labels, landmarks, expressions; the training frames also i
 frame keeps its own audio, trained with ``talksplat train --iters A B C`` at the model's size; it
 re-enacts the held-out frames with their cameras and audio, as SDTalk does (``Avatar.render_own``;
 its backdrop is frame 0 too, so it sees nothing of the target frames but their pose and sound).
+
+The result also says what the evaluated checkpoint saw (identities, steps, seconds, samples per
+identity; from summary.json, or from the checkpoint's meta.json for a run stopped early). ``--seen``
+scores a subject that was pretrained on (only its held-out frames are new): a within-identity check,
+recorded as such, never a leave-one-out figure.
 
 Results are appended to benchmarks/results/sdtalk.json under NAME. The machine may be shared: its
 load average is recorded with each figure.
