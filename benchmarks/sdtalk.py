@@ -164,7 +164,12 @@ def loo(args: argparse.Namespace) -> dict:
         raise SystemExit(f"{held_out.name} was in the pretraining set: not a leave-one-out check (--seen scores "
                          "it anyway, as a within-identity check)")
     data = load_subject_data(held_out, cfg.size, cfg.audio_feature)
-    source = one.source_from_subject(held_out, 0, cfg)
+    if args.source_frame not in {int(t) for t in data.train_frames}:
+        raise SystemExit(f"--source-frame {args.source_frame} is not one of {held_out.name}'s training frames "
+                         f"(0..{int(data.train_frames[-1])}); the held-out frames are the targets")
+    if args.tg_iters and args.source_frame != 0:
+        raise SystemExit("the TalkingGaussian baseline is built from frame 0 only; drop --tg-iters or --source-frame")
+    source = one.source_from_subject(held_out, args.source_frame, cfg)
     frames = [int(t) for t in data.val_frames]
     real = [(data.image(t).numpy() * 255).round().astype(np.uint8) for t in frames]
     real_landmarks = track_landmarks(real, cfg.size)
@@ -176,11 +181,11 @@ def loo(args: argparse.Namespace) -> dict:
         driven.append(model.render(model.drive(lifted, model.audio_code(data.audio, t, codes)), w2c, source.K)["image"])
         still_recon.append(model.render(lifted, w2c, source.K)["image"])
     as_uint8 = lambda images: [(im.clamp(0, 1) * 255).round().byte().numpy() for im in images]
-    held = [(data.image(0).numpy() * 255).round().astype(np.uint8)] * len(frames)      # the source, still
+    held = [(data.image(args.source_frame).numpy() * 255).round().astype(np.uint8)] * len(frames)   # source, still
     result = {"held_out": held_out.name, "pretrained_on": trained_on, "checkpoint_step": loaded.step,
               "pretraining": {k: v for k, v in pretraining.items() if k != "identities"},
               "identity_seen_in_pretraining": seen,
-              "size": cfg.size, "frames": len(frames), "source_frame": 0,
+              "size": cfg.size, "frames": len(frames), "source_frame": args.source_frame,
               "sdtalk": score(as_uint8(driven), real, real_landmarks, cfg.size),
               "sdtalk_without_motion": score(as_uint8(still_recon), real, real_landmarks, cfg.size),
               "baseline_source_held_still": score(held, real, real_landmarks, cfg.size),
@@ -303,6 +308,8 @@ def main() -> None:
     lo.add_argument("--name", default="real_loo")
     lo.add_argument("--save-frames", help="PNG: real (top) over rendered (bottom) held-out frames; never commit "
                     "images of real people")
+    lo.add_argument("--source-frame", type=int, default=0,
+                    help="the training frame lifted as the one-shot source (default 0; the spread over sources)")
     lo.add_argument("--seen", action="store_true",
                     help="score a subject that WAS pretrained on (its held-out frames were not): a within-identity "
                     "check of what pretraining learned, not a leave-one-out figure")
