@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/sdtalk.py throughput SUBJECT_DIR... [--size 256] [--steps 6] [--name NAME]
     .venv/bin/python benchmarks/sdtalk.py fps MODEL_DIR SUBJECT_DIR [--frames 50] [--name NAME]
-    .venv/bin/python benchmarks/sdtalk.py loo MODEL_DIR HELD_OUT_SUBJECT [--name NAME] [--tg-iters A B C --work DIR]
+    .venv/bin/python benchmarks/sdtalk.py loo MODEL_DIR HELD_OUT_SUBJECT [--name NAME] [--tg-iters A B C --work DIR] [--seen]
 
 ``throughput`` runs ``talksplat pretrain`` twice from scratch with the same global batch (2 samples
 per step): 1 process x batch 2 with all cores' threads, then ``--nproc 2`` x batch 1 with
@@ -27,6 +27,11 @@ frame keeps its own audio, trained with ``talksplat train --iters A B C`` at the
 re-enacts the held-out frames with their cameras and audio, as SDTalk does (``Avatar.render_own``;
 its backdrop is frame 0 too, so it sees nothing of the target frames but their pose and sound).
 
+The result also says what the evaluated checkpoint saw (identities, steps, seconds, samples per
+identity; from summary.json, or from the checkpoint's meta.json for a run stopped early). ``--seen``
+scores a subject that was pretrained on (only its held-out frames are new): a within-identity check,
+recorded as such, never a leave-one-out figure.
+
 Results are appended to benchmarks/results/sdtalk.json under NAME. The machine may be shared: its
 load average is recorded with each figure.
 """
@@ -34,6 +39,7 @@ load average is recorded with each figure.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -151,11 +157,19 @@ def loo(args: argparse.Namespace) -> dict:
     loaded = one.load_model(Path(args.model))
     cfg, model = loaded.config, loaded.model
     held_out = Path(args.subject)
-    trained_on = [s["name"] for s in json.loads((Path(args.model) / "summary.json").read_text())["identities"]]
-    if held_out.name in trained_on:
-        raise SystemExit(f"{held_out.name} was in the pretraining set: not a leave-one-out check")
+    pretraining = pretraining_facts(Path(args.model), loaded.checkpoint, cfg)
+    trained_on = [s["name"] for s in pretraining["identities"]]
+    seen = held_out.name in trained_on or str(held_out.resolve()) in {s.get("path") for s in pretraining["identities"]}
+    if seen and not args.seen:
+        raise SystemExit(f"{held_out.name} was in the pretraining set: not a leave-one-out check (--seen scores "
+                         "it anyway, as a within-identity check)")
     data = load_subject_data(held_out, cfg.size, cfg.audio_feature)
-    source = one.source_from_subject(held_out, 0, cfg)
+    if args.source_frame not in {int(t) for t in data.train_frames}:
+        raise SystemExit(f"--source-frame {args.source_frame} is not one of {held_out.name}'s training frames "
+                         f"(0..{int(data.train_frames[-1])}); the held-out frames are the targets")
+    if args.tg_iters and args.source_frame != 0:
+        raise SystemExit("the TalkingGaussian baseline is built from frame 0 only; drop --tg-iters or --source-frame")
+    source = one.source_from_subject(held_out, args.source_frame, cfg)
     frames = [int(t) for t in data.val_frames]
     real = [(data.image(t).numpy() * 255).round().astype(np.uint8) for t in frames]
     real_landmarks = track_landmarks(real, cfg.size)
@@ -167,9 +181,11 @@ def loo(args: argparse.Namespace) -> dict:
         driven.append(model.render(model.drive(lifted, model.audio_code(data.audio, t, codes)), w2c, source.K)["image"])
         still_recon.append(model.render(lifted, w2c, source.K)["image"])
     as_uint8 = lambda images: [(im.clamp(0, 1) * 255).round().byte().numpy() for im in images]
-    held = [(data.image(0).numpy() * 255).round().astype(np.uint8)] * len(frames)      # the source, still
+    held = [(data.image(args.source_frame).numpy() * 255).round().astype(np.uint8)] * len(frames)   # source, still
     result = {"held_out": held_out.name, "pretrained_on": trained_on, "checkpoint_step": loaded.step,
-              "size": cfg.size, "frames": len(frames), "source_frame": 0,
+              "pretraining": {k: v for k, v in pretraining.items() if k != "identities"},
+              "identity_seen_in_pretraining": seen,
+              "size": cfg.size, "frames": len(frames), "source_frame": args.source_frame,
               "sdtalk": score(as_uint8(driven), real, real_landmarks, cfg.size),
               "sdtalk_without_motion": score(as_uint8(still_recon), real, real_landmarks, cfg.size),
               "baseline_source_held_still": score(held, real, real_landmarks, cfg.size),
@@ -187,6 +203,30 @@ def loo(args: argparse.Namespace) -> dict:
                                 zip(real[::max(1, len(real) // 6)], as_uint8(driven)[::max(1, len(real) // 6)])], axis=1)
         cv2.imwrite(args.save_frames, strip[..., ::-1])
     return result
+
+
+def pretraining_facts(model_dir: Path, checkpoint: Path, cfg) -> dict:
+    """What the evaluated checkpoint saw: identities, steps, wall seconds and samples per identity,
+    from summary.json when the run finished, else from the checkpoint's meta.json (a run stopped
+    early, e.g. by a deadline, is evaluated at its newest checkpoint and says so)."""
+    from talksplat.recipes.sdtalk import load_identities, samples_per_identity
+
+    summary_path = model_dir / "summary.json"
+    meta = json.loads((Path(checkpoint) / "meta.json").read_text())
+    progress = meta["progress"]
+    facts = {"steps_done": int(meta["step"]), "global_batch": progress["world_size"] * progress["batch_per_process"],
+             "train_seconds": progress.get("seconds"), "identities": meta["subject"]["subjects"],
+             "stages": dataclasses.asdict(cfg.iterations), "finished": summary_path.is_file()}
+    counts = [None]
+    if facts["finished"]:
+        summary = json.loads(summary_path.read_text())
+        facts.update(train_seconds=summary["train_seconds"], samples_per_second=summary["samples_per_second"])
+        counts = [s.get("samples") for s in summary["identities"]]
+    if None in counts:      # a run stopped early, or one pretrained before the counts were recorded
+        identities = load_identities([Path(s["path"]) for s in facts["identities"]], cfg)
+        counts = samples_per_identity(identities, cfg.seed, facts["steps_done"], facts["global_batch"])
+    facts["samples_per_identity"] = {s["name"]: n for s, n in zip(facts["identities"], counts)}
+    return facts
 
 
 def single_frame_subject(held_out: Path, out: Path, train_frames: np.ndarray) -> Path:
@@ -268,6 +308,11 @@ def main() -> None:
     lo.add_argument("--name", default="real_loo")
     lo.add_argument("--save-frames", help="PNG: real (top) over rendered (bottom) held-out frames; never commit "
                     "images of real people")
+    lo.add_argument("--source-frame", type=int, default=0,
+                    help="the training frame lifted as the one-shot source (default 0; the spread over sources)")
+    lo.add_argument("--seen", action="store_true",
+                    help="score a subject that WAS pretrained on (its held-out frames were not): a within-identity "
+                    "check of what pretraining learned, not a leave-one-out figure")
     lo.add_argument("--tg-iters", type=int, nargs=3, metavar=("STATIC", "MOTION", "FINETUNE"),
                     help="also the TalkingGaussian-on-one-frame baseline, trained with these iterations")
     lo.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "sdtalk_loo"),

@@ -108,6 +108,16 @@ def test_global_batch_is_a_function_of_the_step(identities):
     assert {identity for identity, _, _ in sdtalk.global_batch(ids, 0, 0, 40)} == {0, 1}
 
 
+def test_samples_per_identity_counts_every_draw_of_the_sampler(identities, two_process_model):
+    ids = sdtalk.load_identities([identities], tiny_config())
+    counts = sdtalk.samples_per_identity(ids, 0, 30, 2)
+    drawn = [identity for step in range(30) for identity, _, _ in sdtalk.global_batch(ids, 0, step, 2)]
+    assert counts == [drawn.count(0), drawn.count(1)] and sum(counts) == 60
+    summary = json.loads((two_process_model / "summary.json").read_text())
+    assert [s["name"] for s in summary["identities"]] == ["a", "b"]
+    assert sum(s["samples"] for s in summary["identities"]) == summary["steps"] * summary["global_batch"]
+
+
 # ----------------------------------------------------------------------------------- the model
 def test_dual_lifting_puts_unlifted_gaussians_on_the_plane_cells(identities):
     cfg = tiny_config()

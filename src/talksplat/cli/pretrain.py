@@ -94,6 +94,19 @@ def check_resume(out: Path, cfg, restart: bool) -> None:
                          "to resume, --restart to start over, or another -o folder")
 
 
+def add_sample_counts(out: Path, summary: dict, identities, seed: int) -> dict:
+    """Adds each identity's number of training samples (``samples``) to its entry in ``summary.json``,
+    recomputed from the step-indexed sampler (nothing is logged per draw): the sampler is uniform over
+    prepared subjects, so a person with several clips gets more."""
+    from talksplat.engine.distributed import SUMMARY_JSON
+    from talksplat.recipes.sdtalk import samples_per_identity
+
+    counts = samples_per_identity(identities, seed, summary["steps"], summary["global_batch"])
+    summary = {**summary, "identities": [{**entry, "samples": n} for entry, n in zip(summary["identities"], counts)]}
+    (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=1))
+    return summary
+
+
 def run(args: argparse.Namespace) -> int:
     from talksplat.engine.distributed import LaunchSpec, launch, launched_by_torchrun
     from talksplat.recipes.sdtalk import NAME, build_job, load_identities
@@ -123,10 +136,13 @@ def run(args: argparse.Namespace) -> int:
                       out_dir=str(args.out), batch_size=cfg.batch_size, checkpoint_every=cfg.checkpoint_every,
                       threads=args.threads, quiet=args.quiet, stop_after=args.stop_after)
     summary = launch(spec, args.nproc)
+    if summary:
+        summary = add_sample_counts(args.out, summary, identities, cfg.seed)
     if summary and not args.quiet:
         print(f"pretrain: {summary['steps']} steps, {summary['samples_per_second']} samples/s "
               f"({summary['processes']} x {summary['threads_per_process']} threads), "
               f"final losses {json.dumps(summary['final_losses_last10'])}")
+        print("  samples per identity " + ", ".join(f"{s['name']} {s['samples']}" for s in summary["identities"]))
         print(f"  model      {args.out}\n  summary    {args.out / 'summary.json'}")
     elif not args.quiet:
         print(f"pretrain: stopped; re-run the same command to resume from {args.out}")

@@ -295,6 +295,18 @@ def global_batch(identities: IdentitySet, seed: int, step: int, size: int) -> li
     return [identities.collection.sample_pair(rng) for _ in range(size)]
 
 
+def samples_per_identity(identities: IdentitySet, seed: int, steps: int, size: int) -> list[int]:
+    """How many training samples each identity (prepared subject, in the collection's order) gets in
+    ``steps`` steps of global batch ``size``: the sampler is uniform over subjects, so a person with
+    several clips (several subjects) gets proportionally more; this says how much, without logging
+    every draw."""
+    counts = [0] * len(identities.collection.subjects)
+    for step in range(steps):
+        for identity, _, _ in global_batch(identities, seed, step, size):
+            counts[identity] += 1
+    return counts
+
+
 # ============================================================================================ networks
 class CNNEncoder(nn.Module):
     """Image (S, S, 3) -> (C, S/stride, S/stride) feature plane and a global feature (C,)."""
@@ -619,4 +631,4 @@ def check_config(cfg: SDTalkConfig) -> None:
 
 
 __all__ = ["NAME", "PAPER", "SDTalkConfig", "SDTalkModel", "Sample", "SourceFrame", "TalksplatError",
-           "build_job", "global_batch", "load_identities", "stages"]
+           "build_job", "global_batch", "load_identities", "samples_per_identity", "stages"]
