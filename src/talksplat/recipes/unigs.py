@@ -38,7 +38,7 @@ from talksplat.data.subject import SubjectData
 from talksplat.engine.conditioning import SPEECH_CONDITIONS, AudioExpressionConditioner, SpeechCondition
 from talksplat.engine.config import RecipeConfig
 from talksplat.engine.contract import Batch, Conditions, Recipe, Stage, View, placeholder_points
-from talksplat.engine.losses import ssim, structure_loss
+from talksplat.engine.losses import mouth_box_l1, ssim, structure_loss
 from talksplat.features.expression import CORE_NAMES
 from talksplat.fields.hashgrid import HashGridConfig
 from talksplat.fields.motion import (
@@ -82,6 +82,9 @@ class UniGSLosses:
     motion_reg: float = 1e-5       # * (|d mean| + |d rotation| + |d opacity| + |d scale|), means over Gaussians
     # SUBSTITUTE for the paper's LPIPS on patches (no LPIPS weights offline): D-SSIM + gradient L1.
     patch_perceptual: float = 0.2
+    # NOT IN THE PAPER (0 = off): TalkingGaussian's extra L1 over the padded lips box
+    # (engine.losses.mouth_box_l1), deform stage only.
+    mouth_box: float = 0.0
 
 
 @dataclass
@@ -252,6 +255,8 @@ class UniGS(Recipe):
         for name, values in REGIONS.items():
             if getattr(weights, name) > 0:
                 terms[name] = region_l1(image, target, torch.isin(labels, torch.tensor(values)))
+        if weights.mouth_box > 0:
+            terms["mouth_box"] = mouth_box_l1(image, target, labels)
         if weights.motion_reg > 0 and outputs["deformation"] is not None:
             terms["motion_reg"] = motion_magnitude(outputs["deformation"])
         if weights.patch_perceptual > 0:
