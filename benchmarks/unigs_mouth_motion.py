@@ -28,6 +28,8 @@ import json
 from pathlib import Path
 
 import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
+
+# isort: split
 import numpy as np
 import torch
 from _machine import machine_info
@@ -69,8 +71,8 @@ def unigs_offsets(recipe, frames: np.ndarray):
 
     def offsets(audio_from: str, pose_from: str) -> torch.Tensor:
         out = []
-        for f in conds:
-            a = conds[f] if audio_from == "frame" else conds[first]
+        for f, own in conds.items():
+            a = own if audio_from == "frame" else conds[first]
             eyes = a["expression"][list(EYE_COLUMNS)]
             w2c = data.w2c[f if pose_from == "frame" else first]
             out.append(recipe.deformation(means, a["audio_code"], eyes, recipe.pose_condition(w2c)).d_means)

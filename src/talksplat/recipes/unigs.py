@@ -12,9 +12,10 @@
 - Losses of the deformation stage: L1 + 0.2 D-SSIM, region L1 on mouth (0.1), hair (0.05) and torso +
   neck (0.1) from the prepared label maps, motion regularisation 1e-5 * (|dmu| + |dr| + |dalpha| + |ds|),
   and a patch term (0.2). Not in the paper: TalkingGaussian's lips-box L1 (``losses.mouth_box``, 2.0;
-  0 restores the paper's losses), without which the mouth barely follows the audio. The paper's patch term is LPIPS; no LPIPS weights exist offline, so
-  ``patch_perceptual`` is a SUBSTITUTE: D-SSIM plus image-gradient L1 on random patches (positions
-  drawn from the recipe's generator, so a resumed run draws the same patches).
+  0 restores the paper's losses), without which the mouth barely follows the audio. The paper's patch
+  term is LPIPS; no LPIPS weights exist offline, so ``patch_perceptual`` is a SUBSTITUTE: D-SSIM plus
+  image-gradient L1 on random patches (positions drawn from the recipe's generator, so a resumed run
+  draws the same patches).
 
 Ablations as config switches: the hash grid (``deformation.grid.num_levels``,
 ``deformation.grid.features_per_level``; the paper's Table 2) and the deformed attributes
