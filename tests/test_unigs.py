@@ -91,8 +91,24 @@ def test_static_stage_is_l1_and_dssim_only(tiny_subject):
     assert set(recipe.losses(out, _batch(t, recipe.data.image(t)), STATIC)) == {"l1", "dssim"}
     out = recipe(View(t), recipe.training_conditions(t, DEFORM), DEFORM)
     terms = recipe.losses(out, _batch(t, recipe.data.image(t)), DEFORM)
-    assert set(terms) == {"l1", "dssim", "mouth", "hair", "torso", "motion_reg", "patch_perceptual"}
-    assert set(terms) == set(recipe.loss_weights())
+    assert set(terms) == {"l1", "dssim", "mouth", "hair", "torso", "motion_reg", "patch_perceptual", "mouth_box"}
+    assert set(terms) == {name for name, weight in recipe.loss_weights().items() if weight > 0}
+
+
+def test_mouth_box_term_is_the_padded_lips_box_l1_and_zero_switches_it_off(tiny_subject):
+    from talksplat.engine.losses import mouth_box_l1
+
+    t = _frame_with(_recipe(tiny_subject), (LIPS,))
+    recipe = _recipe(tiny_subject, **{"losses.mouth_box": 2.0})
+    target, labels = recipe.data.image(t), recipe.data.labels(t)
+    image = target.clone()
+    image[labels == LIPS] = 1 - image[labels == LIPS]
+    terms = recipe.losses({"image": image, "deformation": None}, _batch(t, target), DEFORM)
+    assert terms["mouth_box"] > 0
+    assert terms["mouth_box"] == pytest.approx(float(mouth_box_l1(image, target, labels)))
+    assert "mouth_box" not in recipe.losses({"image": image, "deformation": None}, _batch(t, target), STATIC)
+    paper = _recipe(tiny_subject, **{"losses.mouth_box": 0.0})
+    assert "mouth_box" not in paper.losses({"image": image, "deformation": None}, _batch(t, target), DEFORM)
 
 
 def test_patch_positions_come_from_the_recipes_generator_and_lie_on_the_portrait():
