@@ -53,3 +53,12 @@ def save_result(path: Path, key: str, result: dict) -> None:
     results = json.loads(path.read_text()) if path.exists() else {}
     results[key] = result
     path.write_text(json.dumps(results, indent=1, default=str))
+
+
+def save_keyed_result(path: Path, key: str, result: dict) -> None:
+    """Stores ``result`` under ``key`` in the JSON results file ``path``, keeping its other keys
+    (earlier runs, other subjects), and says where it went."""
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[key] = result
+    path.write_text(json.dumps(results, indent=1))
+    print(f"wrote {path}")

@@ -17,7 +17,7 @@ from pathlib import Path
 import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
 import numpy as np
 import torch
-from _machine import machine_info
+from _machine import machine_info, save_keyed_result
 
 from talksplat.engine.evaluate import evaluate_held_out
 from talksplat.recipes import load_avatar
@@ -47,10 +47,7 @@ def main() -> None:
     result = {**scores, "lip_gap_correlation": corr, "frames_with_both_tracked": int(ok.sum()),
               "held_out_frames": len(frames), "size": data.size}
     print(json.dumps(result, indent=1))
-    all_results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    all_results[args.name or args.subject.name] = {"machine": machine_info(), **result}
-    RESULTS.write_text(json.dumps(all_results, indent=1))
-    print(f"wrote {RESULTS}")
+    save_keyed_result(RESULTS, args.name or args.subject.name, {"machine": machine_info(), **result})
 
 
 if __name__ == "__main__":

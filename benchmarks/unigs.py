@@ -33,7 +33,7 @@ from pathlib import Path
 import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings apply as for users
 import numpy as np
 import torch
-from _machine import machine_info
+from _machine import machine_info, save_keyed_result
 
 from talksplat.core.labels import HAIR, HEAD_LABELS, NECK, TORSO
 from talksplat.engine.evaluate import to_uint8
@@ -213,10 +213,7 @@ def main() -> None:
                           "eval_driven": eval_figures(args.subject / "eval" / f"{recipe}-driven" / "metrics.json")}
         renderer.close()
         print(recipe, json.dumps(result[recipe], indent=1))
-    all_results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    all_results[args.name or args.subject.name] = result
-    RESULTS.write_text(json.dumps(all_results, indent=1))
-    print(f"wrote {RESULTS}")
+    save_keyed_result(RESULTS, args.name or args.subject.name, result)
 
 
 if __name__ == "__main__":

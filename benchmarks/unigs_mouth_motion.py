@@ -32,7 +32,7 @@ import talksplat  # noqa: F401  - before torch, so talksplat's OpenMP settings a
 # isort: split
 import numpy as np
 import torch
-from _machine import machine_info
+from _machine import machine_info, save_keyed_result
 
 from talksplat.core.labels import INSIDE_MOUTH, LIPS
 from talksplat.recipes import load_avatar
@@ -131,10 +131,7 @@ def main() -> None:
                 f = figures[variant]
                 print(f"{run.name:32s} {variant:6s} {f['spread_mm']:9.3f} {f['opening_std_mm']:14.3f} "
                       f"{f['opening_corr_tracked']:20.2f}")
-    all_results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    all_results[args.name or args.subject.name] = result
-    RESULTS.write_text(json.dumps(all_results, indent=1))
-    print(f"wrote {RESULTS}")
+    save_keyed_result(RESULTS, args.name or args.subject.name, result)
 
 
 if __name__ == "__main__":
