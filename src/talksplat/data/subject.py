@@ -109,19 +109,22 @@ class SubjectData:
         return torch.from_numpy(self._resized(self.frames[t], interpolation="area")).to(self.device).float() / 255.0
 
     def labels(self, t: int) -> Tensor:
-        return torch.from_numpy(self._resized(self.masks[t], interpolation="nearest")).to(self.device)
+        return torch.from_numpy(self._label_array(t)).to(self.device)
+
+    def _label_array(self, t: int) -> np.ndarray:
+        """Frame t's labels at the training size, on the host (for numpy work on any device)."""
+        return self._resized(self.masks[t], interpolation="nearest")
 
     def backdrop(self, t: int) -> Tensor:
         """What shows behind the head in frame t: the source torso and neck, else the plate."""
         # A lookup table and a mask expanded to the three channels: torch.isin and a where that
         # broadcasts the mask were 3x slower, and this runs for every rendered and trained frame.
-        labels = self._resized(self.masks[t], interpolation="nearest")
-        keep = torch.from_numpy(_BACKDROP_LOOKUP[labels]).to(self.device)
+        keep = torch.from_numpy(_BACKDROP_LOOKUP[self._label_array(t)]).to(self.device)
         return torch.where(keep[..., None].expand(-1, -1, 3).contiguous(), self.image(t), self.background)
 
     def head_box(self, t: int) -> tuple[slice, slice] | None:
         """The bounding box of the head labels in frame t (rows, cols), or None when there are none."""
-        ys, xs = np.nonzero(np.isin(self._resized(self.masks[t], interpolation="nearest"), HEAD_LABELS))
+        ys, xs = np.nonzero(np.isin(self._label_array(t), HEAD_LABELS))
         if len(ys) == 0:
             return None
         return slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)

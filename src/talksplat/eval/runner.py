@@ -288,7 +288,8 @@ def _cross_driven(renderer, audio: Path, samples: np.ndarray, config: EvalConfig
     data = renderer.data
     ours, seconds, gradient_ours = [], [], []
     # the expression source `talksplat render` uses by default (SyncTalk++: generated from the audio)
-    options = RenderOptions(pose=config.pose, expression=renderer.conditioner.default_expression)
+    options = renderer.check_options(RenderOptions(pose=config.pose,
+                                                   expression=renderer.conditioner.default_expression))
     generator = renderer.render_frames(samples, options)
     with S.LandmarkTracker(config.landmark_size) as tracker:
         for _ in _progress(range(n), n, "eval: rendering the driven clip", config.progress):
@@ -308,7 +309,7 @@ def _cross_driven(renderer, audio: Path, samples: np.ndarray, config: EvalConfig
     clip = _Clip(np.arange(n), np.stack(ours), np.stack(reference), _audio_slice(samples, 0, n), ref_samples,
                  {"frame": list(range(n)), "gradient_mouth_ours": gradient_ours}, seconds)
     # the source frame each output frame replays (pose, expression, blinks): the fair blink reference
-    replayed = np.array([renderer.source_index(i, renderer.check_options(options)) for i in range(n)])
+    replayed = np.array([renderer.source_index(i, options) for i in range(n)])
     result = {
         "mode": "cross",
         "audio": str(Path(audio).resolve()),
