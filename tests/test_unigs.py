@@ -91,7 +91,8 @@ def test_static_stage_is_l1_and_dssim_only(tiny_subject):
     assert set(recipe.losses(out, _batch(t, recipe.data.image(t)), STATIC)) == {"l1", "dssim"}
     out = recipe(View(t), recipe.training_conditions(t, DEFORM), DEFORM)
     terms = recipe.losses(out, _batch(t, recipe.data.image(t)), DEFORM)
-    assert set(terms) == {"l1", "dssim", "mouth", "hair", "torso", "motion_reg", "patch_perceptual", "mouth_box"}
+    assert set(terms) == {"l1", "dssim", "mouth", "hair", "torso", "motion_reg", "patch_perceptual", "mouth_box",
+                          "eye_box"}
     assert set(terms) == {name for name, weight in recipe.loss_weights().items() if weight > 0}
 
 
@@ -109,6 +110,23 @@ def test_mouth_box_term_is_the_padded_lips_box_l1_and_zero_switches_it_off(tiny_
     assert "mouth_box" not in recipe.losses({"image": image, "deformation": None}, _batch(t, target), STATIC)
     paper = _recipe(tiny_subject, **{"losses.mouth_box": 0.0})
     assert "mouth_box" not in paper.losses({"image": image, "deformation": None}, _batch(t, target), DEFORM)
+
+
+def test_eye_box_term_is_the_shared_eye_box_l1_and_zero_switches_it_off(tiny_subject):
+    from talksplat.engine.losses import eye_box_l1, eye_boxes
+
+    recipe = _recipe(tiny_subject)
+    t = int(recipe.data.train_frames[0])
+    target, landmarks = recipe.data.image(t), recipe.data.landmarks_px(t)
+    image = target.clone()
+    rows, cols = eye_boxes(landmarks, *image.shape[:2])[0]
+    image[rows, cols] = 1 - image[rows, cols]          # only the first eye box differs
+    terms = recipe.losses({"image": image, "deformation": None}, _batch(t, target), DEFORM)
+    assert terms["eye_box"] > 0
+    assert terms["eye_box"] == pytest.approx(float(eye_box_l1(image, target, landmarks)))
+    assert "eye_box" not in recipe.losses({"image": image, "deformation": None}, _batch(t, target), STATIC)
+    paper = _recipe(tiny_subject, **{"losses.eye_box": 0.0})
+    assert "eye_box" not in paper.losses({"image": image, "deformation": None}, _batch(t, target), DEFORM)
 
 
 def test_patch_positions_come_from_the_recipes_generator_and_lie_on_the_portrait():
@@ -217,6 +235,23 @@ def test_head_pose_of_the_view_conditions_the_deformation(tiny_subject):
     assert not torch.allclose(d_a, d_b)
     assert torch.allclose(recipe.pose_condition(data.w2c[torch.as_tensor(data.train_frames)]).mean(0),
                           torch.zeros(12), atol=1e-4)
+
+
+def test_pose_noise_perturbs_the_training_pose_only_and_comes_from_the_recipes_generator(tiny_subject):
+    plain = _recipe(tiny_subject)
+    t = int(plain.data.train_frames[0])
+    assert "pose_noise" not in plain.training_conditions(t, DEFORM)
+    recipe = _recipe(tiny_subject, pose_noise=0.5)
+    _wake(recipe.deformation)
+    noisy = recipe.training_conditions(t, DEFORM)
+    assert noisy["pose_noise"].shape == (12,) and noisy["pose_noise"].abs().max() > 0
+    again = _recipe(tiny_subject, pose_noise=0.5)
+    assert torch.equal(again.training_conditions(t, DEFORM)["pose_noise"], noisy["pose_noise"])
+    assert "pose_noise" not in recipe.conditions(t)     # rendering sees the view's own pose
+    clean = recipe(View(t), recipe.conditions(t), DEFORM)["deformation"].d_means
+    assert not torch.allclose(recipe(View(t), noisy, DEFORM)["deformation"].d_means, clean)
+    with pytest.raises(TalksplatError, match="pose_noise"):
+        _recipe(tiny_subject, pose_noise=-1.0)
 
 
 # ------------------------------------------------------------------------------------ MotionField extension

@@ -11,8 +11,9 @@
   log-scale and rotation for every Gaussian (``fields.motion.MotionField`` without region attention).
 - Losses of the deformation stage: L1 + 0.2 D-SSIM, region L1 on mouth (0.1), hair (0.05) and torso +
   neck (0.1) from the prepared label maps, motion regularisation 1e-5 * (|dmu| + |dr| + |dalpha| + |ds|),
-  and a patch term (0.2). Not in the paper: TalkingGaussian's lips-box L1 (``losses.mouth_box``, 2.0;
-  0 restores the paper's losses), without which the mouth barely follows the audio. The paper's patch
+  and a patch term (0.2). Not in the paper: TalkingGaussian's lips-box L1 (``losses.mouth_box``, 2.0),
+  without which the mouth barely follows the audio, and its eye-box L1 (``losses.eye_box``, 2.0),
+  without which the lids never close; both 0 restore the paper's losses. The paper's patch
   term is LPIPS; no LPIPS weights exist offline, so ``patch_perceptual`` is a SUBSTITUTE: D-SSIM plus
   image-gradient L1 on random patches (positions drawn from the recipe's generator, so a resumed run
   draws the same patches).
@@ -40,7 +41,7 @@ from talksplat.data.subject import SubjectData
 from talksplat.engine.conditioning import SPEECH_CONDITIONS, AudioExpressionConditioner, SpeechCondition
 from talksplat.engine.config import RecipeConfig
 from talksplat.engine.contract import Batch, Conditions, Recipe, Stage, View, placeholder_points
-from talksplat.engine.losses import mouth_box_l1, ssim, structure_loss
+from talksplat.engine.losses import eye_box_l1, mouth_box_l1, ssim, structure_loss
 from talksplat.features.expression import CORE_NAMES
 from talksplat.fields.hashgrid import HashGridConfig
 from talksplat.fields.motion import (
@@ -90,6 +91,11 @@ class UniGSLosses:
     # amplitude of the deformation 0.21 mm vs 0.60 mm with the box; A/V confidence on unseen speech
     # 0.011 / 0.033 over two seeds, no distinct peak, vs 0.276 / 0.195 at 2.0; docs/unigs.md).
     mouth_box: float = 2.0
+    # NOT IN THE PAPER (0 = the paper): the shared L1 over the two eye boxes (engine.losses.eye_box_l1),
+    # deform stage only, as TalkingGaussian's. The eye features condition the deformation, but with the
+    # paper's terms alone nothing rewards closing the lids: Kristi Noem at the default schedules never
+    # blinked (docs/unigs.md; the same finding for TalkingGaussian in docs/fidelity.md).
+    eye_box: float = 2.0
 
 
 @dataclass
@@ -133,6 +139,10 @@ class UniGSConfig(RecipeConfig):
     lip_state: LipStateEncoderConfig = field(default_factory=LipStateEncoderConfig)
     lip_state_noise: float = 0.0
     lip_state_max_gain: float = 2.0
+    # NOT IN THE PAPER (0 = the paper): std of noise added to the standardised head-pose condition in
+    # training only. Within one clip the head pose and the mouth move together, so the field can
+    # explain lip motion by the pose and the audio loses its share (docs/unigs.md, "pose input").
+    pose_noise: float = 0.0
     audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
     patch: PatchLossConfig = field(default_factory=PatchLossConfig)
 
@@ -142,6 +152,8 @@ class UniGSConfig(RecipeConfig):
             raise ValueError("stage iteration counts must be >= 0")
         if self.audio_condition not in AUDIO_CONDITIONS:
             raise ValueError(f"audio_condition must be one of {AUDIO_CONDITIONS} (got {self.audio_condition!r})")
+        if self.pose_noise < 0:
+            raise ValueError("pose_noise must be >= 0")
         if min(self.init_points, self.refine_every, self.max_gaussians) < 1 or min(self.cube_scale,
                                                                                     self.init_scale) <= 0:
             raise ValueError("init_points, refine_every, max_gaussians, cube_scale and init_scale must be positive")
@@ -216,7 +228,11 @@ class UniGS(Recipe):
         return self.audio.conditions(frame)
 
     def training_conditions(self, frame: int, stage: Stage) -> Conditions:
-        return self.audio.training_conditions(frame)
+        conditions = self.audio.training_conditions(frame)
+        if self.cfg.pose_noise > 0:   # drawn from the recipe's generator: a resumed run draws the same
+            noise = self.rng.normal(0.0, self.cfg.pose_noise, POSE_DIM)
+            conditions = {**conditions, "pose_noise": torch.as_tensor(noise, dtype=torch.float32)}
+        return conditions
 
     def conditioner(self) -> AudioExpressionConditioner:
         return self.audio.conditioner(self.cfg.audio_feature)
@@ -232,7 +248,10 @@ class UniGS(Recipe):
             return gaussians.activated(), None
         p = gaussians.params
         eyes = conditions["expression"][list(EYE_COLUMNS)]
-        d = self.deformation(p["means"], conditions["audio_code"], eyes, self.pose_condition(w2c))
+        pose = self.pose_condition(w2c)
+        if "pose_noise" in conditions:
+            pose = pose + conditions["pose_noise"].to(pose.device)
+        d = self.deformation(p["means"], conditions["audio_code"], eyes, pose)
         return {"means": p["means"] + d.d_means, "quats": p["quats"] + d.d_quats,
                 "scales": torch.exp(p["log_scales"] + d.d_log_scales),
                 "opacities": torch.sigmoid(p["opacity_logits"] + d.d_opacity_logits),
@@ -262,6 +281,8 @@ class UniGS(Recipe):
                 terms[name] = region_l1(image, target, torch.isin(labels, torch.tensor(values)))
         if weights.mouth_box > 0:
             terms["mouth_box"] = mouth_box_l1(image, target, labels)
+        if weights.eye_box > 0 and self.data.landmarks is not None:
+            terms["eye_box"] = eye_box_l1(image, target, self.data.landmarks_px(batch.frame))
         if weights.motion_reg > 0 and outputs["deformation"] is not None:
             terms["motion_reg"] = motion_magnitude(outputs["deformation"])
         if weights.patch_perceptual > 0:
