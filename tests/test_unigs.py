@@ -17,6 +17,7 @@ from talksplat.errors import TalksplatError
 from talksplat.fields.hashgrid import HashGridConfig
 from talksplat.fields.motion import MotionField, MotionFieldConfig
 from talksplat.recipes.unigs import (
+    EYE_COLUMNS,
     PatchLossConfig,
     UniGS,
     cube_points,
@@ -252,6 +253,19 @@ def test_pose_noise_perturbs_the_training_pose_only_and_comes_from_the_recipes_g
     assert not torch.allclose(recipe(View(t), noisy, DEFORM)["deformation"].d_means, clean)
     with pytest.raises(TalksplatError, match="pose_noise"):
         _recipe(tiny_subject, pose_noise=-1.0)
+
+
+def test_standardised_eyes_are_centred_over_the_training_frames_and_saved_with_the_weights(tiny_subject):
+    recipe = _recipe(tiny_subject)                              # the default
+    data = recipe.data
+    eyes = data.expressions[torch.as_tensor(data.train_frames)][:, list(EYE_COLUMNS)]
+    fed = torch.stack([recipe.eye_condition(data.expressions[int(t)]) for t in data.train_frames])
+    assert torch.allclose(fed.mean(0), torch.zeros(2), atol=1e-5)
+    assert {"eye_mean", "eye_std"} <= set(recipe.state_dict())
+    paper = _recipe(tiny_subject, standardise_eyes=False)       # the paper's raw coefficients
+    assert torch.equal(paper.eye_condition(data.expressions[0]), data.expressions[0][list(EYE_COLUMNS)])
+    assert "eye_mean" not in paper.state_dict()
+    assert torch.allclose(recipe.eye_mean, eyes.mean(0))
 
 
 # ------------------------------------------------------------------------------------ MotionField extension
