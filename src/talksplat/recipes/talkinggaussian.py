@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from talksplat.core.labels import INSIDE_MOUTH
+from talksplat.core.labels import INSIDE_MOUTH, LIPS
 from talksplat.data.samplers import IncrementalSamplingConfig, make_sampler
 from talksplat.data.subject import SubjectData
 from talksplat.engine.conditioning import SPEECH_CONDITIONS, AudioExpressionConditioner, SpeechCondition
@@ -76,6 +76,13 @@ class TalkingGaussianLosses:
     # and teeth; at 0.5 that sharpened Andrew's teeth (held-out sharpness 0.33 -> 0.44, PSNR +0.02 dB)
     # but cost Obama 0.40 dB held-out (docs/fidelity.md).
     mouth_face_alpha: float = 0.0
+    # The face layer's mean transparency (1 - alpha) over the pixels the frame labels lips, in the
+    # deforming stages: the counterpart of mouth_face_alpha, so the face layer must draw the lips in
+    # every frame and can leave only the opening to the inside-mouth layer - per frame, by moving its
+    # lip Gaussians or (with "opacity" in face_motion.outputs) fading them. Without it the face layer
+    # answered mouth_face_alpha by going transparent over the lips even in shut frames (alpha 0.1-0.14
+    # on Andrew's 10 most shut training frames, 0.99 before; docs/fidelity.md). OFF by default.
+    lips_face_alpha: float = 0.0
 
 
 @dataclass
@@ -246,12 +253,16 @@ class TalkingGaussian(Recipe):
             return terms
         losses = self.cfg.losses
         wants_face_alpha = losses.mouth_face_alpha > 0 and "mouth" in self.sets
+        wants_lips_alpha = losses.lips_face_alpha > 0 and "mouth" in self.sets
         # The frame's labels are resized per step below the prepared size: only when a term reads them.
-        labels = self.data.labels(batch.frame) if losses.mouth_box > 0 or wants_face_alpha else None
+        wants_labels = losses.mouth_box > 0 or wants_face_alpha or wants_lips_alpha
+        labels = self.data.labels(batch.frame) if wants_labels else None
         if losses.mouth_box > 0:
             terms["mouth_box"] = mouth_box_l1(image, target, labels)
         if wants_face_alpha:
             terms["mouth_face_alpha"] = label_alpha(outputs["face_alpha"], labels, INSIDE_MOUTH)
+        if wants_lips_alpha:
+            terms["lips_face_alpha"] = label_alpha(1.0 - outputs["face_alpha"], labels, LIPS)
         if losses.eye_box > 0 and self.data.landmarks is not None:
             terms["eye_box"] = eye_box_l1(image, target, self.data.landmarks_px(batch.frame))
         return terms
