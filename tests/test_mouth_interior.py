@@ -118,3 +118,26 @@ def test_lips_term_asks_the_face_layer_to_draw_the_lips(tiny_subject):
     assert recipe.sets["mouth"].params["opacity_logits"].grad is None
     cfg.losses.lips_face_alpha = 0.0
     assert "lips_face_alpha" not in recipe.losses(outputs, Batch(frame=t, image=data.image(t)), motion)
+
+
+def test_face_opacity_region_limits_the_offsets_to_the_mouth(tiny_subject):
+    """`face_opacity_region_mm`: only face Gaussians near the template's lips get the per-frame
+    opacity offset; the eyes and the rest keep their static opacity."""
+    from talksplat.data.subject import load_subject_data
+    from talksplat.recipes.talkinggaussian import TalkingGaussian, TalkingGaussianConfig, lip_anchors
+
+    data = load_subject_data(tiny_subject, 64)
+    cfg = TalkingGaussianConfig(size=64, face_points=300, mouth_points=50, face_opacity_region_mm=12.0)
+    cfg.face_motion.outputs = ("position", "scale", "rotation", "opacity")
+    recipe = TalkingGaussian(data, cfg, np.random.default_rng(0))
+    with torch.no_grad():
+        recipe.face_motion.head[-1].bias[-1] = 2.0           # a visible offset for every Gaussian
+        t = int(data.train_frames[0])
+        opacities = recipe._deformed("face", recipe.training_conditions(t, recipe.stages()[1]))["opacities"]
+    params = recipe.sets["face"].params
+    static = torch.sigmoid(params["opacity_logits"]).reshape(-1)
+    distance = torch.cdist(params["means"].detach(), lip_anchors()).min(dim=1).values
+    near, far = distance <= 12.0, distance > 12.0
+    assert near.sum() > 5 and far.sum() > 5
+    assert torch.allclose(opacities.reshape(-1)[far], static[far])
+    assert (opacities.reshape(-1)[near] > static[near] + 0.1).all()

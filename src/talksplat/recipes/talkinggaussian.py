@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from talksplat.core.labels import INSIDE_MOUTH, LIPS
+from talksplat.core.landmarks import LIP_POINTS
 from talksplat.data.samplers import IncrementalSamplingConfig, make_sampler
 from talksplat.data.subject import SubjectData
 from talksplat.engine.conditioning import SPEECH_CONDITIONS, AudioExpressionConditioner, SpeechCondition
@@ -119,6 +120,11 @@ class TalkingGaussianConfig(RecipeConfig):
     # In the motion stage, keep the canonical geometry fixed so mouth changes must be explained by
     # the audio-driven deformation rather than baked into an average mouth (experiment; did not help).
     freeze_geometry_in_motion: bool = False
+    # With "opacity" in face_motion.outputs (per-frame opacity offsets for the face layer): only the
+    # Gaussians whose canonical centre lies within this many mm of the template's lip landmarks get
+    # the offset, so the face layer can fade per frame over the mouth and nowhere else (everywhere,
+    # the Obama avatar stopped closing its eyes; docs/fidelity.md). 0 = every face Gaussian.
+    face_opacity_region_mm: float = 0.0
     decomposition: bool = True
     incremental_sampling: bool = True
     appearance_modification: bool = False
@@ -130,6 +136,8 @@ class TalkingGaussianConfig(RecipeConfig):
             raise ValueError("stage iteration counts must be >= 0")
         if self.audio_condition not in AUDIO_CONDITIONS:
             raise ValueError(f"audio_condition must be one of {AUDIO_CONDITIONS} (got {self.audio_condition!r})")
+        if self.face_opacity_region_mm < 0:
+            raise ValueError("face_opacity_region_mm must be >= 0 (0 = every face Gaussian)")
         if min(self.face_points, self.mouth_points, self.refine_every) < 1:
             raise ValueError("face_points, mouth_points and refine_every must be >= 1")
 
@@ -169,6 +177,7 @@ class TalkingGaussian(Recipe):
             else cfg.face_motion
         self.sets["face"] = GaussianSet(face_pts, face_cols, lrs, replace(densify, max_gaussians=cfg.max_face_gaussians))
         self.face_motion = _motion_field(face_motion, face_pts)
+        self.face_opacity_anchors = lip_anchors() if cfg.face_opacity_region_mm > 0 else None
         self.mouth_motion = None
         if cfg.decomposition:
             self.sets["mouth"] = GaussianSet(mouth_pts, mouth_cols, lrs,
@@ -223,9 +232,13 @@ class TalkingGaussian(Recipe):
         p = gaussians.params
         expression = conditions["expression"] if name == "face" else None
         d = self._motion_fields()[name](p["means"], conditions["audio_code"], expression)
+        opacity_offsets = d.d_opacity_logits
+        if name == "face" and self.face_opacity_anchors is not None:
+            opacity_offsets = opacity_offsets * near(p["means"], self.face_opacity_anchors,
+                                                     self.cfg.face_opacity_region_mm)
         return {"means": p["means"] + d.d_means, "quats": p["quats"] + d.d_quats,
                 "scales": torch.exp(p["log_scales"] + d.d_log_scales),
-                "opacities": torch.sigmoid(p["opacity_logits"] + d.d_opacity_logits),
+                "opacities": torch.sigmoid(p["opacity_logits"] + opacity_offsets),
                 "colors": p["colors"] + d.d_colors}
 
     def forward(self, view: View, conditions: Conditions | None, stage: Stage | None = None) -> dict:
@@ -269,6 +282,20 @@ class TalkingGaussian(Recipe):
 
     def summary_extras(self) -> dict:
         return {"lip_state_map": self.audio.fit_summary} if self.audio.fit_summary else {}
+
+
+def lip_anchors() -> Tensor:
+    """The canonical template's 40 lip landmarks in the head frame (mm) [40, 3]."""
+    from talksplat.tracking.template import load_canonical_template
+
+    return torch.tensor(load_canonical_template().vertices[list(LIP_POINTS)], dtype=torch.float32)
+
+
+def near(points: Tensor, anchors: Tensor, radius: float) -> Tensor:
+    """[N] 1.0 where a point lies within ``radius`` of any anchor, else 0.0 (no gradient)."""
+    with torch.no_grad():
+        anchors = anchors.to(points.device)
+        return (torch.cdist(points.detach(), anchors).min(dim=1).values <= radius).to(points.dtype)
 
 
 def _motion_field(cfg: MotionFieldConfig, points: Tensor) -> MotionField:
