@@ -141,3 +141,17 @@ def test_face_opacity_region_limits_the_offsets_to_the_mouth(tiny_subject):
     assert near.sum() > 5 and far.sum() > 5
     assert torch.allclose(opacities.reshape(-1)[far], static[far])
     assert (opacities.reshape(-1)[near] > static[near] + 0.1).all()
+
+
+def test_unknown_face_field_output_is_a_one_line_config_error():
+    import pytest
+
+    from talksplat.engine.config import apply_overrides
+    from talksplat.recipes.talkinggaussian import TalkingGaussianConfig
+
+    cfg = apply_overrides(TalkingGaussianConfig(), {"face_motion.outputs": "position,opacty"})
+    with pytest.raises(ValueError, match=r"face_motion.outputs: unknown \['opacty'\]"):
+        cfg.validate()
+    cfg = apply_overrides(TalkingGaussianConfig(), {"face_opacity_region_mm": "-1"})
+    with pytest.raises(ValueError, match="face_opacity_region_mm"):
+        cfg.validate()

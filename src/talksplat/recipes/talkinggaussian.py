@@ -35,6 +35,7 @@ from talksplat.engine.contract import Batch, Conditions, Recipe, Stage, View, pl
 from talksplat.engine.losses import eye_box_l1, label_alpha, mouth_box_l1, ssim
 from talksplat.fields.hashgrid import HashGridConfig
 from talksplat.fields.motion import (
+    DEFORM_OUTPUTS,
     AudioEncoderConfig,
     LipStateEncoderConfig,
     MotionField,
@@ -136,6 +137,10 @@ class TalkingGaussianConfig(RecipeConfig):
             raise ValueError("stage iteration counts must be >= 0")
         if self.audio_condition not in AUDIO_CONDITIONS:
             raise ValueError(f"audio_condition must be one of {AUDIO_CONDITIONS} (got {self.audio_condition!r})")
+        for name, motion in (("face_motion", self.face_motion), ("mouth_motion", self.mouth_motion)):
+            unknown = sorted(set(motion.outputs) - set(DEFORM_OUTPUTS))
+            if unknown:
+                raise ValueError(f"{name}.outputs: unknown {unknown}; use a subset of {sorted(DEFORM_OUTPUTS)}")
         if self.face_opacity_region_mm < 0:
             raise ValueError("face_opacity_region_mm must be >= 0 (0 = every face Gaussian)")
         if min(self.face_points, self.mouth_points, self.refine_every) < 1:
