@@ -6,7 +6,9 @@ On the 10 most open training frames (tracked lip states) and the 10 most open he
 (lip states predicted from audio), inside the inner-lip polygon of the real frame: its share of the
 L1 loss (whole image, and with the mouth-box term), the face and inside-mouth layers' alpha, how many
 Gaussians of each layer project there, PSNR and the sharpness ratio (gradient energy ours / real).
-Then how far the render's mouth changes between the conditions of a shut and an open training frame
+The face layer's alpha over the lips, on those frames and on the 10 most shut training frames
+(a face layer that went transparent over the whole mouth shows it on shut frames too). Then how far
+the render's mouth changes between the conditions of a shut and an open training frame
 (same camera) compared with the real frames, and the layers' sizes. SHEET.png (held-out: real |
 render | face-layer alpha, mouth crops x4) is scratch only: never commit images of real people.
 """
@@ -54,6 +56,7 @@ def frame_figures(av, t, held_out):
     if inner.sum() < 10:
         return None, None
     image, real = av.render(t, cond)["image"].numpy(), data.image(t).numpy()
+    lips = data.labels(t).numpy() == LIPS
     err = np.abs(image - real).mean(-1)
     box = np.zeros_like(inner)
     box[mouth_box(data, t)] = True
@@ -68,6 +71,7 @@ def frame_figures(av, t, held_out):
     row = {"interior_px": inner.sum(), "loss_share_l1": in_l1 / all_l1,
            "loss_share_l1_and_box": (in_l1 + in_box) / (all_l1 + all_box),
            "face_alpha": alpha["face"][inner].mean(), "mouth_alpha": alpha["mouth"][inner].mean(),
+           "face_alpha_lips": alpha["face"][lips].mean() if lips.any() else np.nan,
            "face_gaussians_inside": counts["face"][0], "face_opaque_inside": counts["face"][1],
            "mouth_gaussians_inside": counts["mouth"][0], "mouth_opaque_inside": counts["mouth"][1],
            "psnr": M.masked_psnr(image, real, inner),
@@ -79,6 +83,21 @@ def frame_figures(av, t, held_out):
         cut = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
         crop = np.concatenate([real[cut], image[cut], np.repeat(alpha["face"][cut][..., None], 3, -1)], 1)
     return row, crop
+
+
+@torch.no_grad()
+def shut_lips_alpha(av):
+    """Face-layer alpha over the lips on the 10 most shut training frames: a face layer that fades
+    over the whole mouth in every frame (no per-frame opacity) shows it here, on frames with no opening."""
+    data, rec, size = av.subject, av.recipe, av.subject.size
+    tr = data.train_frames
+    values = []
+    for t in map(int, tr[np.argsort(data.lip_open[tr])[:10]]):
+        lips = data.labels(t).numpy() == LIPS
+        g = rec._deformed("face", rec.training_conditions(t, None))
+        alpha = rasterize(*g.values(), data.w2c[t], data.K, size, size, with_depth=False).alpha[..., 0].numpy()
+        values.append(alpha[lips].mean())
+    return float(np.mean(values))
 
 
 @torch.no_grad()
@@ -112,6 +131,7 @@ def main():
         print(f"\n{name}: {len(rows)} most open frames (mean lip opening {np.mean(data.lip_open[frames][np.argsort(-data.lip_open[frames])[:10]]):.1f} mm)")
         for key in rows[0]:
             print(f"  {key:24s} {np.mean([r[key] for r in rows]):9.3f}")
+    print(f"\nface-layer alpha over the lips (label map), 10 most shut training frames: {shut_lips_alpha(av):.3f}")
     ours, real = response(av)
     print(f"\nmouth-box change, open vs shut conditions (same camera): ours {ours:.4f}, real frames {real:.4f}")
     if len(sys.argv) > 3 and crops:

@@ -46,3 +46,112 @@ def test_talkinggaussian_pushes_only_its_face_layer_off_the_mouth_opening(tiny_s
     assert recipe.sets["mouth"].params["opacity_logits"].grad is None     # the mouth layer is not pushed away
     cfg.losses.mouth_face_alpha = 0.0
     assert "mouth_face_alpha" not in recipe.losses(outputs, batch, motion)
+
+
+def test_face_opacity_offsets_let_the_face_layer_fade_per_frame(tiny_subject):
+    """`--set face_motion.outputs=position,scale,rotation,opacity` gives the face field a per-frame
+    opacity offset: trained with the recipe's losses on an open and a shut frame, the face layer over
+    the open frame's opening is more transparent under the open frame's conditions than under the
+    shut frame's (same view), and the Gaussians' opacities differ between the two conditions."""
+    from talksplat.data.subject import load_subject_data
+    from talksplat.engine.config import apply_overrides
+    from talksplat.engine.contract import Batch, View
+    from talksplat.recipes.talkinggaussian import TalkingGaussian, TalkingGaussianConfig
+
+    data = load_subject_data(tiny_subject, 64)
+    cfg = apply_overrides(TalkingGaussianConfig(size=64, face_points=300, mouth_points=50),
+                          {"face_motion.outputs": "position,scale,rotation,opacity", "losses.mouth_face_alpha": "1"})
+    assert cfg.face_motion.outputs == ("position", "scale", "rotation", "opacity")
+    recipe = TalkingGaussian(data, cfg, np.random.default_rng(0))
+    motion = recipe.stages()[1]
+    opening = {int(t): int((data.labels(int(t)) == INSIDE_MOUTH).sum()) for t in data.train_frames}
+    open_t, shut_t = max(opening, key=opening.get), min(opening, key=opening.get)
+    assert opening[open_t] > 0 and opening[shut_t] == 0
+    inside = data.labels(open_t) == INSIDE_MOUTH
+
+    def face_alpha_over_opening(conditions_frame: int) -> float:
+        with torch.no_grad():
+            out = recipe.forward(View(open_t), recipe.training_conditions(conditions_frame, motion), motion)
+        return out["face_alpha"].reshape(inside.shape)[inside].mean().item()
+
+    assert face_alpha_over_opening(open_t) == face_alpha_over_opening(shut_t)   # identity field at the start
+    # only the networks learn: the Gaussians (and their static opacities) stay as they are
+    optimiser = torch.optim.Adam([p for g in recipe.network_param_groups() for p in g["params"]], lr=1e-2)
+    weights = {"l1": cfg.losses.l1, "dssim": cfg.losses.dssim, "mouth_box": cfg.losses.mouth_box,
+               "eye_box": cfg.losses.eye_box, "mouth_face_alpha": cfg.losses.mouth_face_alpha}
+    for step in range(30):
+        t = (open_t, shut_t)[step % 2]
+        optimiser.zero_grad()
+        outputs = recipe.forward(View(t), recipe.training_conditions(t, motion), motion)
+        terms = recipe.losses(outputs, Batch(frame=t, image=data.image(t)), motion)
+        sum(weights[k] * v for k, v in terms.items()).backward()
+        optimiser.step()
+    faded, kept = face_alpha_over_opening(open_t), face_alpha_over_opening(shut_t)
+    assert faded < kept - 0.02, (faded, kept)
+    with torch.no_grad():   # the Gaussians' own opacities differ per frame (without the output: identical)
+        opacities = [recipe._deformed("face", recipe.training_conditions(t, motion))["opacities"] for t in (open_t, shut_t)]
+    assert (opacities[0] - opacities[1]).abs().max() > 0.01
+
+
+def test_lips_term_asks_the_face_layer_to_draw_the_lips(tiny_subject):
+    """`losses.lips_face_alpha`: the face layer's transparency over the pixels labelled lips, so the
+    face layer keeps the lips in every frame (the counterpart of mouth_face_alpha)."""
+    from talksplat.data.subject import load_subject_data
+    from talksplat.engine.contract import Batch, View
+    from talksplat.recipes.talkinggaussian import TalkingGaussian, TalkingGaussianConfig
+
+    data = load_subject_data(tiny_subject, 64)
+    cfg = TalkingGaussianConfig(size=64, face_points=300, mouth_points=50)
+    cfg.losses.lips_face_alpha = 1.0
+    recipe = TalkingGaussian(data, cfg, np.random.default_rng(0))
+    motion = recipe.stages()[1]
+    t = int(data.train_frames[0])
+    lips = data.labels(t) == LIPS
+    assert lips.any()
+    outputs = recipe.forward(View(t), recipe.training_conditions(t, motion), motion)
+    term = recipe.losses(outputs, Batch(frame=t, image=data.image(t)), motion)["lips_face_alpha"]
+    expected = 1.0 - outputs["face_alpha"].reshape(lips.shape)[lips].mean()
+    assert torch.isclose(term, expected) and 0.0 < term.item() < 1.0
+    term.backward()
+    face_grad = recipe.sets["face"].params["opacity_logits"].grad
+    assert face_grad is not None and face_grad.sum() < 0            # more face opacity, smaller term
+    assert recipe.sets["mouth"].params["opacity_logits"].grad is None
+    cfg.losses.lips_face_alpha = 0.0
+    assert "lips_face_alpha" not in recipe.losses(outputs, Batch(frame=t, image=data.image(t)), motion)
+
+
+def test_face_opacity_region_limits_the_offsets_to_the_mouth(tiny_subject):
+    """`face_opacity_region_mm`: only face Gaussians near the template's lips get the per-frame
+    opacity offset; the eyes and the rest keep their static opacity."""
+    from talksplat.data.subject import load_subject_data
+    from talksplat.recipes.talkinggaussian import TalkingGaussian, TalkingGaussianConfig, lip_anchors
+
+    data = load_subject_data(tiny_subject, 64)
+    cfg = TalkingGaussianConfig(size=64, face_points=300, mouth_points=50, face_opacity_region_mm=12.0)
+    cfg.face_motion.outputs = ("position", "scale", "rotation", "opacity")
+    recipe = TalkingGaussian(data, cfg, np.random.default_rng(0))
+    with torch.no_grad():
+        recipe.face_motion.head[-1].bias[-1] = 2.0           # a visible offset for every Gaussian
+        t = int(data.train_frames[0])
+        opacities = recipe._deformed("face", recipe.training_conditions(t, recipe.stages()[1]))["opacities"]
+    params = recipe.sets["face"].params
+    static = torch.sigmoid(params["opacity_logits"]).reshape(-1)
+    distance = torch.cdist(params["means"].detach(), lip_anchors()).min(dim=1).values
+    near, far = distance <= 12.0, distance > 12.0
+    assert near.sum() > 5 and far.sum() > 5
+    assert torch.allclose(opacities.reshape(-1)[far], static[far])
+    assert (opacities.reshape(-1)[near] > static[near] + 0.1).all()
+
+
+def test_unknown_face_field_output_is_a_one_line_config_error():
+    import pytest
+
+    from talksplat.engine.config import apply_overrides
+    from talksplat.recipes.talkinggaussian import TalkingGaussianConfig
+
+    cfg = apply_overrides(TalkingGaussianConfig(), {"face_motion.outputs": "position,opacty"})
+    with pytest.raises(ValueError, match=r"face_motion.outputs: unknown \['opacty'\]"):
+        cfg.validate()
+    cfg = apply_overrides(TalkingGaussianConfig(), {"face_opacity_region_mm": "-1"})
+    with pytest.raises(ValueError, match="face_opacity_region_mm"):
+        cfg.validate()

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from talksplat.core.labels import INSIDE_MOUTH
+from talksplat.core.labels import INSIDE_MOUTH, LIPS
+from talksplat.core.landmarks import LIP_POINTS
 from talksplat.data.samplers import IncrementalSamplingConfig, make_sampler
 from talksplat.data.subject import SubjectData
 from talksplat.engine.conditioning import SPEECH_CONDITIONS, AudioExpressionConditioner, SpeechCondition
@@ -34,6 +35,7 @@ from talksplat.engine.contract import Batch, Conditions, Recipe, Stage, View, pl
 from talksplat.engine.losses import eye_box_l1, label_alpha, mouth_box_l1, ssim
 from talksplat.fields.hashgrid import HashGridConfig
 from talksplat.fields.motion import (
+    DEFORM_OUTPUTS,
     AudioEncoderConfig,
     LipStateEncoderConfig,
     MotionField,
@@ -76,6 +78,13 @@ class TalkingGaussianLosses:
     # and teeth; at 0.5 that sharpened Andrew's teeth (held-out sharpness 0.33 -> 0.44, PSNR +0.02 dB)
     # but cost Obama 0.40 dB held-out (docs/fidelity.md).
     mouth_face_alpha: float = 0.0
+    # The face layer's mean transparency (1 - alpha) over the pixels the frame labels lips, in the
+    # deforming stages: the counterpart of mouth_face_alpha, so the face layer must draw the lips in
+    # every frame and can leave only the opening to the inside-mouth layer - per frame, by moving its
+    # lip Gaussians or (with "opacity" in face_motion.outputs) fading them. Without it the face layer
+    # answered mouth_face_alpha by going transparent over the lips even in shut frames (alpha 0.1-0.14
+    # on Andrew's 10 most shut training frames, 0.99 before; docs/fidelity.md). OFF by default.
+    lips_face_alpha: float = 0.0
 
 
 @dataclass
@@ -112,6 +121,11 @@ class TalkingGaussianConfig(RecipeConfig):
     # In the motion stage, keep the canonical geometry fixed so mouth changes must be explained by
     # the audio-driven deformation rather than baked into an average mouth (experiment; did not help).
     freeze_geometry_in_motion: bool = False
+    # With "opacity" in face_motion.outputs (per-frame opacity offsets for the face layer): only the
+    # Gaussians whose canonical centre lies within this many mm of the template's lip landmarks get
+    # the offset, so the face layer can fade per frame over the mouth and nowhere else (everywhere,
+    # the Obama avatar stopped closing its eyes; docs/fidelity.md). 0 = every face Gaussian.
+    face_opacity_region_mm: float = 0.0
     decomposition: bool = True
     incremental_sampling: bool = True
     appearance_modification: bool = False
@@ -123,6 +137,12 @@ class TalkingGaussianConfig(RecipeConfig):
             raise ValueError("stage iteration counts must be >= 0")
         if self.audio_condition not in AUDIO_CONDITIONS:
             raise ValueError(f"audio_condition must be one of {AUDIO_CONDITIONS} (got {self.audio_condition!r})")
+        for name, motion in (("face_motion", self.face_motion), ("mouth_motion", self.mouth_motion)):
+            unknown = sorted(set(motion.outputs) - set(DEFORM_OUTPUTS))
+            if unknown:
+                raise ValueError(f"{name}.outputs: unknown {unknown}; use a subset of {sorted(DEFORM_OUTPUTS)}")
+        if self.face_opacity_region_mm < 0:
+            raise ValueError("face_opacity_region_mm must be >= 0 (0 = every face Gaussian)")
         if min(self.face_points, self.mouth_points, self.refine_every) < 1:
             raise ValueError("face_points, mouth_points and refine_every must be >= 1")
 
@@ -162,6 +182,7 @@ class TalkingGaussian(Recipe):
             else cfg.face_motion
         self.sets["face"] = GaussianSet(face_pts, face_cols, lrs, replace(densify, max_gaussians=cfg.max_face_gaussians))
         self.face_motion = _motion_field(face_motion, face_pts)
+        self.face_opacity_anchors = lip_anchors() if cfg.face_opacity_region_mm > 0 else None
         self.mouth_motion = None
         if cfg.decomposition:
             self.sets["mouth"] = GaussianSet(mouth_pts, mouth_cols, lrs,
@@ -216,9 +237,13 @@ class TalkingGaussian(Recipe):
         p = gaussians.params
         expression = conditions["expression"] if name == "face" else None
         d = self._motion_fields()[name](p["means"], conditions["audio_code"], expression)
+        opacity_offsets = d.d_opacity_logits
+        if name == "face" and self.face_opacity_anchors is not None:
+            opacity_offsets = opacity_offsets * near(p["means"], self.face_opacity_anchors,
+                                                     self.cfg.face_opacity_region_mm)
         return {"means": p["means"] + d.d_means, "quats": p["quats"] + d.d_quats,
                 "scales": torch.exp(p["log_scales"] + d.d_log_scales),
-                "opacities": torch.sigmoid(p["opacity_logits"] + d.d_opacity_logits),
+                "opacities": torch.sigmoid(p["opacity_logits"] + opacity_offsets),
                 "colors": p["colors"] + d.d_colors}
 
     def forward(self, view: View, conditions: Conditions | None, stage: Stage | None = None) -> dict:
@@ -246,18 +271,36 @@ class TalkingGaussian(Recipe):
             return terms
         losses = self.cfg.losses
         wants_face_alpha = losses.mouth_face_alpha > 0 and "mouth" in self.sets
+        wants_lips_alpha = losses.lips_face_alpha > 0 and "mouth" in self.sets
         # The frame's labels are resized per step below the prepared size: only when a term reads them.
-        labels = self.data.labels(batch.frame) if losses.mouth_box > 0 or wants_face_alpha else None
+        wants_labels = losses.mouth_box > 0 or wants_face_alpha or wants_lips_alpha
+        labels = self.data.labels(batch.frame) if wants_labels else None
         if losses.mouth_box > 0:
             terms["mouth_box"] = mouth_box_l1(image, target, labels)
         if wants_face_alpha:
             terms["mouth_face_alpha"] = label_alpha(outputs["face_alpha"], labels, INSIDE_MOUTH)
+        if wants_lips_alpha:
+            terms["lips_face_alpha"] = label_alpha(1.0 - outputs["face_alpha"], labels, LIPS)
         if losses.eye_box > 0 and self.data.landmarks is not None:
             terms["eye_box"] = eye_box_l1(image, target, self.data.landmarks_px(batch.frame))
         return terms
 
     def summary_extras(self) -> dict:
         return {"lip_state_map": self.audio.fit_summary} if self.audio.fit_summary else {}
+
+
+def lip_anchors() -> Tensor:
+    """The canonical template's 40 lip landmarks in the head frame (mm) [40, 3]."""
+    from talksplat.tracking.template import load_canonical_template
+
+    return torch.tensor(load_canonical_template().vertices[list(LIP_POINTS)], dtype=torch.float32)
+
+
+def near(points: Tensor, anchors: Tensor, radius: float) -> Tensor:
+    """[N] 1.0 where a point lies within ``radius`` of any anchor, else 0.0 (no gradient)."""
+    with torch.no_grad():
+        anchors = anchors.to(points.device)
+        return (torch.cdist(points.detach(), anchors).min(dim=1).values <= radius).to(points.dtype)
 
 
 def _motion_field(cfg: MotionFieldConfig, points: Tensor) -> MotionField:
