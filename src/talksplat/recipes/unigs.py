@@ -7,8 +7,9 @@
   the plate only (``SubjectData.background``), never a frame's torso; paste-back is the renderer's.
 - Stages: static (no deformation; L1 + 0.2 D-SSIM), then deformation: one MLP (3 layers) on
   tri-plane hash features (L = 12, F = 2) concatenated with the audio code, the eye features (the
-  two eye-blink coefficients, standardised over the training frames) and the head pose (R, t of the view's camera) predicts delta position,
-  log-scale and rotation for every Gaussian (``fields.motion.MotionField`` without region attention).
+  two eye-blink coefficients, standardised over the training frames) and the head pose (R, t of the
+  view's camera) predicts delta position, log-scale and rotation for every Gaussian
+  (``fields.motion.MotionField`` without region attention).
 - Losses of the deformation stage: L1 + 0.2 D-SSIM, region L1 on mouth (0.1), hair (0.05) and torso +
   neck (0.1) from the prepared label maps, motion regularisation 1e-5 * (|dmu| + |dr| + |dalpha| + |ds|),
   and a patch term (0.2). Not in the paper: TalkingGaussian's lips-box L1 (``losses.mouth_box``, 2.0),
@@ -96,8 +97,8 @@ class UniGSLosses:
     # NOT IN THE PAPER (0 = the paper): the shared L1 over the two eye boxes (engine.losses.eye_box_l1),
     # deform stage only, as TalkingGaussian's. The eye features condition the deformation, but with the
     # paper's terms alone nothing rewards closing the lids. Kristi Noem, default schedules, blinks per
-    # minute on unseen speech (real 23.3): 0 without it, 0 at 2.0 (lids half-way), 12-14 at 4.0, which
-    # also gave the best held-out PSNR (30.66 vs 30.25 dB) (docs/unigs.md, "Eyes").
+    # minute on unseen speech (real 23.3): 0 without it, 0 at 2.0 (lids half-way), 11-22 at 4.0 with
+    # standardised eyes (two seeds), held-out PSNR 30.65 vs 30.25 dB (docs/unigs.md, "Eyes").
     eye_box: float = 4.0
 
 
