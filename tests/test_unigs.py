@@ -97,6 +97,18 @@ def test_static_stage_is_l1_and_dssim_only(tiny_subject):
     assert set(terms) == {name for name, weight in recipe.loss_weights().items() if weight > 0}
 
 
+def _assert_deform_term(tiny_subject, recipe: UniGS, name: str, t: int, image, target, expected: float) -> None:
+    """Loss term ``name`` is positive and equals ``expected`` in the deform stage, is absent from the
+    static stage, and a weight of 0 switches it off."""
+    outputs, batch = {"image": image, "deformation": None}, _batch(t, target)
+    terms = recipe.losses(outputs, batch, DEFORM)
+    assert terms[name] > 0
+    assert terms[name] == pytest.approx(expected)
+    assert name not in recipe.losses(outputs, batch, STATIC)
+    paper = _recipe(tiny_subject, **{f"losses.{name}": 0.0})
+    assert name not in paper.losses(outputs, batch, DEFORM)
+
+
 def test_mouth_box_term_is_the_padded_lips_box_l1_and_zero_switches_it_off(tiny_subject):
     from talksplat.engine.losses import mouth_box_l1
 
@@ -105,12 +117,7 @@ def test_mouth_box_term_is_the_padded_lips_box_l1_and_zero_switches_it_off(tiny_
     target, labels = recipe.data.image(t), recipe.data.labels(t)
     image = target.clone()
     image[labels == LIPS] = 1 - image[labels == LIPS]
-    terms = recipe.losses({"image": image, "deformation": None}, _batch(t, target), DEFORM)
-    assert terms["mouth_box"] > 0
-    assert terms["mouth_box"] == pytest.approx(float(mouth_box_l1(image, target, labels)))
-    assert "mouth_box" not in recipe.losses({"image": image, "deformation": None}, _batch(t, target), STATIC)
-    paper = _recipe(tiny_subject, **{"losses.mouth_box": 0.0})
-    assert "mouth_box" not in paper.losses({"image": image, "deformation": None}, _batch(t, target), DEFORM)
+    _assert_deform_term(tiny_subject, recipe, "mouth_box", t, image, target, float(mouth_box_l1(image, target, labels)))
 
 
 def test_eye_box_term_is_the_shared_eye_box_l1_and_zero_switches_it_off(tiny_subject):
@@ -122,12 +129,7 @@ def test_eye_box_term_is_the_shared_eye_box_l1_and_zero_switches_it_off(tiny_sub
     image = target.clone()
     rows, cols = eye_boxes(landmarks, *image.shape[:2])[0]
     image[rows, cols] = 1 - image[rows, cols]          # only the first eye box differs
-    terms = recipe.losses({"image": image, "deformation": None}, _batch(t, target), DEFORM)
-    assert terms["eye_box"] > 0
-    assert terms["eye_box"] == pytest.approx(float(eye_box_l1(image, target, landmarks)))
-    assert "eye_box" not in recipe.losses({"image": image, "deformation": None}, _batch(t, target), STATIC)
-    paper = _recipe(tiny_subject, **{"losses.eye_box": 0.0})
-    assert "eye_box" not in paper.losses({"image": image, "deformation": None}, _batch(t, target), DEFORM)
+    _assert_deform_term(tiny_subject, recipe, "eye_box", t, image, target, float(eye_box_l1(image, target, landmarks)))
 
 
 def test_patch_positions_come_from_the_recipes_generator_and_lie_on_the_portrait():
