@@ -50,8 +50,12 @@ def test_mouth_branch_predicts_position_only():
 
 
 def test_bad_configuration_is_rejected():
-    with pytest.raises(ValueError, match="unknown deformation outputs"):
+    with pytest.raises(ValueError, match=r"deformation.outputs: unknown \['sparkle'\]; use some of position"):
         _field(outputs=("position", "sparkle"))
+    with pytest.raises(ValueError, match="deformation.outputs: empty"):
+        _field(outputs=())
+    with pytest.raises(ValueError, match="extra_dim must be >= 0"):
+        _field(extra_dim=-1)
     with pytest.raises(ValueError, match="needs expression"):
         _field()(torch.zeros(3, 3), torch.zeros(32))
 
@@ -110,22 +114,23 @@ def test_inference_cache_matches_the_training_path_with_per_gaussian_conditions(
         torch.testing.assert_close(cached.d_log_scales, reference.d_log_scales.detach(), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("per_gaussian", [False, True])
-def test_inference_in_row_blocks_matches_the_training_path(monkeypatch, per_gaussian):
+@pytest.mark.parametrize("per_gaussian,gated", [(False, False), (True, False), (False, True)])
+def test_inference_in_row_blocks_matches_the_training_path(monkeypatch, per_gaussian, gated):
     """The inference MLP runs in row blocks (cache-sized): blocks of 64 over 150 Gaussians (two full,
-    one partial) with and without per-Gaussian conditions, with extra conditions, and no Gaussians."""
+    one partial) with and without per-Gaussian conditions, with extra conditions (gated per Gaussian
+    or not), and no Gaussians."""
     import talksplat.fields.motion as motion_module
 
     monkeypatch.setattr(motion_module, "INFERENCE_ROW_BLOCK", 64)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)          # blocks are used on one intra-op thread
     try:
-        _check_blocks_against_training_path(per_gaussian)
+        _check_blocks_against_training_path(per_gaussian, gated)
     finally:
         torch.set_num_threads(threads)
 
 
-def _check_blocks_against_training_path(per_gaussian: bool) -> None:
+def _check_blocks_against_training_path(per_gaussian: bool, gated: bool = False) -> None:
     torch.manual_seed(3)
     field = _field(extra_dim=5)
     for p in field.head.parameters():
@@ -134,11 +139,35 @@ def _check_blocks_against_training_path(per_gaussian: bool) -> None:
         means = torch.rand(n, 3) * 0.2 + torch.tensor([-0.1, -0.1, 1.9])
         audio = torch.randn(n, 32) if per_gaussian else torch.randn(32)
         expression, extra = torch.rand(7), torch.randn(5)
+        gate = (torch.rand(n) > 0.5).float() if gated else None
         field.train()
-        reference = field(means, audio, expression, extra)
+        reference = field(means, audio, expression, extra, gate)
         field.eval()
         with torch.no_grad():
-            blocked = field(means, audio, expression, extra)
+            blocked = field(means, audio, expression, extra, gate)
         assert blocked.d_means.shape == (n, 3)
         for name in ("d_means", "d_log_scales", "d_quats"):
             torch.testing.assert_close(getattr(blocked, name), getattr(reference, name).detach(), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("region_attention", [True, False])
+def test_extra_gate_hides_the_extra_conditions_from_gated_gaussians(region_attention):
+    """A Gaussian gated 0 moves as if the extra conditions were 0, whatever they are; one gated 1 moves
+    exactly as without a gate. Training and inference paths agree."""
+    torch.manual_seed(4)
+    field = _field(extra_dim=4, region_attention=region_attention)
+    for p in field.head.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    means = torch.rand(60, 3) * 0.2 + torch.tensor([-0.1, -0.1, 1.9])
+    audio, expression, extra = torch.randn(32), torch.rand(7), torch.randn(4)
+    gate = (torch.arange(60) % 2).float()          # odd rows see the extra conditions
+    hidden, shown = gate == 0, gate == 1
+    gated = field(means, audio, expression, extra, gate).d_means
+    assert torch.allclose(gated[hidden], field(means, audio, expression, torch.zeros(4)).d_means[hidden], atol=1e-6)
+    assert torch.allclose(gated[hidden], field(means, audio, expression, extra + 3, gate).d_means[hidden], atol=1e-6)
+    assert torch.allclose(gated[shown], field(means, audio, expression, extra).d_means[shown], atol=1e-6)
+    assert not torch.allclose(gated[shown], field(means, audio, expression, extra + 3, gate).d_means[shown])
+    field.eval()
+    with torch.no_grad():
+        cached = field(means, audio, expression, extra, gate).d_means
+    torch.testing.assert_close(cached, gated.detach(), atol=1e-5, rtol=1e-4)

@@ -124,7 +124,8 @@ def test_face_opacity_region_limits_the_offsets_to_the_mouth(tiny_subject):
     """`face_opacity_region_mm`: only face Gaussians near the template's lips get the per-frame
     opacity offset; the eyes and the rest keep their static opacity."""
     from talksplat.data.subject import load_subject_data
-    from talksplat.recipes.talkinggaussian import TalkingGaussian, TalkingGaussianConfig, lip_anchors
+    from talksplat.recipes.parts import template_anchors
+    from talksplat.recipes.talkinggaussian import TalkingGaussian, TalkingGaussianConfig
 
     data = load_subject_data(tiny_subject, 64)
     cfg = TalkingGaussianConfig(size=64, face_points=300, mouth_points=50, face_opacity_region_mm=12.0)
@@ -136,7 +137,7 @@ def test_face_opacity_region_limits_the_offsets_to_the_mouth(tiny_subject):
         opacities = recipe._deformed("face", recipe.training_conditions(t, recipe.stages()[1]))["opacities"]
     params = recipe.sets["face"].params
     static = torch.sigmoid(params["opacity_logits"]).reshape(-1)
-    distance = torch.cdist(params["means"].detach(), lip_anchors()).min(dim=1).values
+    distance = torch.cdist(params["means"].detach(), template_anchors(("lips",))).min(dim=1).values
     near, far = distance <= 12.0, distance > 12.0
     assert near.sum() > 5 and far.sum() > 5
     assert torch.allclose(opacities.reshape(-1)[far], static[far])

@@ -270,6 +270,37 @@ def test_standardised_eyes_are_centred_over_the_training_frames_and_saved_with_t
     assert torch.allclose(recipe.eye_mean, eyes.mean(0))
 
 
+def test_pose_free_region_hides_the_pose_from_the_gaussians_near_the_lips(tiny_subject):
+    """`pose_free_radius_mm`: Gaussians within it of the template's lips deform the same whatever the
+    view's pose; the others still follow the pose. Off (0) by default, where every Gaussian sees it."""
+    from talksplat.recipes.parts import template_anchors
+
+    assert _recipe(tiny_subject).pose_gate(torch.zeros(3, 3)) is None
+    radius = 50.0     # the tiny subject's random cube holds few points near the lips
+    recipe = _recipe(tiny_subject, pose_free_radius_mm=radius)
+    _wake(recipe.deformation)
+    means = recipe.sets["portrait"].params["means"].detach()
+    inside = torch.cdist(means, template_anchors(("lips",))).min(dim=1).values <= radius
+    assert inside.sum() > 5 and (~inside).sum() > 5
+    assert torch.equal(recipe.pose_gate(means), (~inside).float())
+    t = int(recipe.data.train_frames[0])
+    conditions = recipe.conditions(t)
+    w2c = recipe.data.w2c[t]
+    moved = w2c.clone()
+    moved[:3, 3] += torch.tensor([5.0, -3.0, 10.0])
+    with torch.no_grad():
+        here = recipe._deformed(conditions, w2c)[0]["means"]
+        there = recipe._deformed(conditions, moved)[0]["means"]
+    assert torch.allclose(here[inside], there[inside], atol=1e-5)
+    assert (here[~inside] - there[~inside]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("override", [{"pose_free_radius_mm": -1.0}, {"pose_free_regions": "nose"}])
+def test_pose_free_region_settings_are_checked(tiny_subject, override):
+    with pytest.raises(TalksplatError, match="pose_free"):
+        _recipe(tiny_subject, **override)
+
+
 # ------------------------------------------------------------------------------------ MotionField extension
 def _field(**kw) -> MotionField:
     return MotionField(MotionFieldConfig(grid=SMALL_GRID, **kw), torch.tensor([-0.1, -0.1, 1.9]),

@@ -50,6 +50,15 @@ class MotionFieldConfig:
     # they are; 0 = none.
     extra_dim: int = 0
 
+    def validate(self, where: str = "deformation") -> None:
+        """One-line errors naming the field (``where``: its config name, e.g. ``face_motion``)."""
+        unknown = sorted(set(self.outputs) - set(DEFORM_OUTPUTS))
+        if not self.outputs or unknown:
+            found = f"unknown {unknown}" if unknown else "empty"
+            raise ValueError(f"{where}.outputs: {found}; use some of {', '.join(DEFORM_OUTPUTS)}")
+        if self.extra_dim < 0:
+            raise ValueError(f"{where}.extra_dim must be >= 0")
+
 
 def mlp(in_dim: int, hidden: int, out_dim: int, layers: int) -> nn.Sequential:
     dims = [in_dim] + [hidden] * (layers - 1) + [out_dim]
@@ -78,16 +87,12 @@ class MotionField(nn.Module):
     def __init__(self, config: MotionFieldConfig, box_min: Tensor, box_max: Tensor) -> None:
         super().__init__()
         self.config = config
-        unknown = set(config.outputs) - set(DEFORM_OUTPUTS)
-        if unknown:
-            raise ValueError(f"unknown deformation outputs {sorted(unknown)}; use {sorted(DEFORM_OUTPUTS)}")
+        config.validate()
         pad = (box_max - box_min) * config.box_padding
         self.register_buffer("position_unit", ((box_max - box_min).max() * config.position_unit).float())
         self.register_buffer("box_min", (box_min - pad).float())
         self.register_buffer("box_max", (box_max + pad).float())
         self.encoding = TriPlaneHashEncoding(config.grid)
-        if config.extra_dim < 0:
-            raise ValueError("extra_dim must be >= 0")
         enc = self.encoding.output_dim
         attend = config.region_attention
         self.audio_attention = mlp(enc, config.attention_hidden, config.audio_dim, 2) if attend else None
@@ -106,42 +111,50 @@ class MotionField(nn.Module):
         return (unit * 2 - 1) * bound
 
     def forward(self, canonical_means: Tensor, audio: Tensor, expression: Tensor | None = None,
-                extra: Tensor | None = None) -> Deformation:
+                extra: Tensor | None = None, extra_gate: Tensor | None = None) -> Deformation:
+        """``extra_gate`` [N]: a per-Gaussian weight of the extra conditions (0 = that Gaussian does
+        not see them, as if they sat at 0); None = 1 for every Gaussian."""
         if self.config.expression_dim and expression is None:
             raise ValueError("this motion field needs expression coefficients")
         if self.config.extra_dim and extra is None:
             raise ValueError(f"this motion field needs {self.config.extra_dim} extra condition values")
         if not self.training and not torch.is_grad_enabled():
-            return self._forward_cached(canonical_means, audio, expression, extra)
+            return self._forward_cached(canonical_means, audio, expression, extra, extra_gate)
         # The canonical positions are learned by the static stage; the motion field treats them as
         # inputs, so no gradient flows into them through the grid.
         encoded = self.encoding(self.normalise(canonical_means.detach()), input_gradients=False)
         n = encoded.shape[0]
         if not self.config.region_attention:
-            return self._forward_shared_conditions(encoded, audio, expression, extra)
+            return self._forward_shared_conditions(encoded, audio, expression, extra, extra_gate)
         conditions = [_weighted(audio.expand(n, -1), self.audio_attention, encoded)]
         if self.config.expression_dim:
             conditions.append(_weighted(expression.expand(n, -1), self.expression_attention, encoded))
         if self.config.extra_dim:
-            conditions.append(extra.expand(n, -1))
+            conditions.append(extra.expand(n, -1) if extra_gate is None else extra * extra_gate[:, None])
         raw = self.head(torch.cat([encoded, *conditions], dim=-1))
         return self._split(raw, n)
 
     def _forward_shared_conditions(self, encoded: Tensor, audio: Tensor, expression: Tensor | None,
-                                   extra: Tensor | None) -> Deformation:
+                                   extra: Tensor | None, extra_gate: Tensor | None = None) -> Deformation:
         """Without region attention the conditions are the same for every Gaussian: their share of
         the first layer is one vector added to every row, instead of an (N, conditions) input (the
-        same function; about a quarter less work for UniGS's 46 condition values)."""
+        same function; about a quarter less work for UniGS's 46 condition values). A gated extra
+        condition's share is one vector scaled per row."""
         first = self.head[0]
         enc_dim = encoded.shape[1]
+        x0 = enc_dim + self.config.audio_dim + self.config.expression_dim
+        gated = self.config.extra_dim and extra_gate is not None
         present = [c for c in (audio, expression if self.config.expression_dim else None,
-                               extra if self.config.extra_dim else None) if c is not None]
-        shared = torch.cat(present) @ first.weight[:, enc_dim:].T + first.bias
+                               extra if self.config.extra_dim and not gated else None) if c is not None]
+        end = None if self.config.extra_dim and not gated else x0
+        shared = torch.cat(present) @ first.weight[:, enc_dim:end].T + first.bias
         hidden = encoded @ first.weight[:, :enc_dim].T + shared
+        if gated:
+            hidden = hidden + extra_gate[:, None] * (extra @ first.weight[:, x0:].T)
         return self._split(self.head[1:](hidden), encoded.shape[0])
 
     def _forward_cached(self, canonical_means: Tensor, audio: Tensor, expression: Tensor | None,
-                        extra: Tensor | None = None) -> Deformation:
+                        extra: Tensor | None = None, extra_gate: Tensor | None = None) -> Deformation:
         """Inference: the grid encoding, the attention vectors and the encoding's share of the first
         layer depend only on the (fixed) canonical positions, so they are computed once; per frame
         only the conditions' share and the remaining layers run. Same function as the training path
@@ -159,6 +172,8 @@ class MotionField(nn.Module):
         condition_weight = weight[:, enc_dim:x0]
         extra_share = extra @ weight[:, x0:].T if cfg.extra_dim else None
         n = static["projected"].shape[0]
+        if extra_share is not None and extra_gate is not None:   # [N, hidden]: one share per Gaussian
+            extra_share = extra_gate[:, None] * extra_share
         # On one thread (e.g. frames rendered in parallel, one thread each), row blocks keep each
         # block's hidden activations in the CPU cache between the layers: 20% less time for 50k
         # Gaussians, the same values. On several threads the blocks' synchronisation costs more.
@@ -168,7 +183,8 @@ class MotionField(nn.Module):
         for start in range(0, n, INFERENCE_ROW_BLOCK):
             rows = slice(start, min(start + INFERENCE_ROW_BLOCK, n))
             block_conditions = conditions if conditions.ndim == 1 else conditions[rows]
-            out = self._remaining_layers(static, rows, block_conditions, condition_weight, extra_share)
+            block_extra = extra_share if extra_share is None or extra_share.ndim == 1 else extra_share[rows]
+            out = self._remaining_layers(static, rows, block_conditions, condition_weight, block_extra)
             if raw is None:
                 raw = out.new_empty(n, out.shape[1])
             raw[rows] = out

@@ -1,6 +1,7 @@
 """Parts several recipes compose that are not general enough for the layers below: seeding Gaussians
 from a subject's frames (TalkingGaussian, SyncTalk++) and the head-pose condition (UniGS, SyncTalk++).
-Recipes import from here, never from one another."""
+Also: regions of Gaussians near landmarks of the canonical face template (TalkingGaussian's mouth
+opacity, UniGS's pose-free face). Recipes import from here, never from one another."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from torch import Tensor
 
 from talksplat.core.labels import HEAD_LABELS, INSIDE_MOUTH
+from talksplat.core.landmarks import LEFT_EYE, LIP_POINTS, RIGHT_EYE
 from talksplat.data.subject import SubjectData
 
 MOUTH_DEPTH_BEHIND_LIPS_MM = 8.0  # the mouth interior starts a little behind the lip surface
@@ -17,6 +19,8 @@ POSE_DIM = 12
 # Pose entries are standardised by their spread over the training frames; entries that barely vary
 # (a still camera axis) are divided by at least this much, so noise is not blown up.
 POSE_STD_FLOOR = {"rotation": 1e-3, "translation": 1e-1}
+# Landmark groups of the canonical template that name regions of the face (FaceMesh indices).
+FACE_REGIONS = {"lips": LIP_POINTS, "eyes": RIGHT_EYE + LEFT_EYE}
 
 
 # ------------------------------------------------------------------------------------ seeding
@@ -74,3 +78,22 @@ def pose_statistics(w2c: Tensor) -> tuple[Tensor, Tensor]:
     poses = pose_vector(w2c.float())
     floor = torch.tensor([POSE_STD_FLOOR["rotation"]] * 9 + [POSE_STD_FLOOR["translation"]] * 3)
     return poses.mean(0), torch.maximum(poses.std(0), floor)
+
+
+# ------------------------------------------------------------------------------------ face regions
+def template_anchors(regions: tuple[str, ...] = ("lips",)) -> Tensor:
+    """The canonical template's landmarks of the named :data:`FACE_REGIONS`, in the head frame (mm) [K, 3]."""
+    from talksplat.tracking.template import load_canonical_template
+
+    unknown = sorted(set(regions) - set(FACE_REGIONS))
+    if unknown:
+        raise ValueError(f"unknown face regions {unknown}; use some of {sorted(FACE_REGIONS)}")
+    indices = [i for name in regions for i in FACE_REGIONS[name]]
+    return torch.tensor(load_canonical_template().vertices[indices], dtype=torch.float32)
+
+
+def near(points: Tensor, anchors: Tensor, radius: float) -> Tensor:
+    """[N] 1.0 where a point lies within ``radius`` of any anchor, else 0.0 (no gradient)."""
+    with torch.no_grad():
+        anchors = anchors.to(points.device)
+        return (torch.cdist(points.detach(), anchors).min(dim=1).values <= radius).to(points.dtype)

@@ -61,7 +61,6 @@ from talksplat.fields.inpainting import (
     training_example,
 )
 from talksplat.fields.motion import (
-    DEFORM_OUTPUTS,
     AudioEncoder,
     AudioEncoderConfig,
     MotionField,
@@ -164,9 +163,7 @@ class SyncTalkPPConfig(RecipeConfig):
         if min(self.face_points, self.mouth_points, self.refine_every, self.max_gaussians, self.sync.train_steps) < 1:
             raise ValueError("face_points, mouth_points, refine_every, max_gaussians and sync.train_steps must be >= 1")
         d = self.deformation
-        unknown = set(d.outputs) - set(DEFORM_OUTPUTS)
-        if not d.outputs or unknown:
-            raise ValueError(f"deformation.outputs must be some of {', '.join(DEFORM_OUTPUTS)}")
+        d.validate("deformation")
         code_dim = self.sync.out_dim if self.audio_condition == "sync" else self.audio.out_dim
         for name, size in {"audio_dim": code_dim, "expression_dim": len(CORE_NAMES), "extra_dim": POSE_DIM}.items():
             if getattr(d, name) != size:

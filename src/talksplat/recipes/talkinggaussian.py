@@ -26,7 +26,6 @@ import torch
 from torch import Tensor
 
 from talksplat.core.labels import INSIDE_MOUTH, LIPS
-from talksplat.core.landmarks import LIP_POINTS
 from talksplat.data.samplers import IncrementalSamplingConfig, make_sampler
 from talksplat.data.subject import SubjectData
 from talksplat.engine.conditioning import SPEECH_CONDITIONS, AudioExpressionConditioner, SpeechCondition
@@ -35,7 +34,6 @@ from talksplat.engine.contract import Batch, Conditions, Recipe, Stage, View, pl
 from talksplat.engine.losses import eye_box_l1, label_alpha, mouth_box_l1, ssim
 from talksplat.fields.hashgrid import HashGridConfig
 from talksplat.fields.motion import (
-    DEFORM_OUTPUTS,
     AudioEncoderConfig,
     LipStateEncoderConfig,
     MotionField,
@@ -44,7 +42,7 @@ from talksplat.fields.motion import (
 from talksplat.gaussians import rasterize
 from talksplat.gaussians.gaussian_set import DensifyConfig, GaussianSet
 from talksplat.gaussians.model import GaussianLearningRates
-from talksplat.recipes.parts import seed_points
+from talksplat.recipes.parts import near, seed_points, template_anchors
 
 AUDIO_CONDITIONS = SPEECH_CONDITIONS
 
@@ -137,10 +135,8 @@ class TalkingGaussianConfig(RecipeConfig):
             raise ValueError("stage iteration counts must be >= 0")
         if self.audio_condition not in AUDIO_CONDITIONS:
             raise ValueError(f"audio_condition must be one of {AUDIO_CONDITIONS} (got {self.audio_condition!r})")
-        for name, motion in (("face_motion", self.face_motion), ("mouth_motion", self.mouth_motion)):
-            unknown = sorted(set(motion.outputs) - set(DEFORM_OUTPUTS))
-            if unknown:
-                raise ValueError(f"{name}.outputs: unknown {unknown}; use a subset of {sorted(DEFORM_OUTPUTS)}")
+        self.face_motion.validate("face_motion")
+        self.mouth_motion.validate("mouth_motion")
         if self.face_opacity_region_mm < 0:
             raise ValueError("face_opacity_region_mm must be >= 0 (0 = every face Gaussian)")
         if min(self.face_points, self.mouth_points, self.refine_every) < 1:
@@ -182,7 +178,7 @@ class TalkingGaussian(Recipe):
             else cfg.face_motion
         self.sets["face"] = GaussianSet(face_pts, face_cols, lrs, replace(densify, max_gaussians=cfg.max_face_gaussians))
         self.face_motion = _motion_field(face_motion, face_pts)
-        self.face_opacity_anchors = lip_anchors() if cfg.face_opacity_region_mm > 0 else None
+        self.face_opacity_anchors = template_anchors(("lips",)) if cfg.face_opacity_region_mm > 0 else None
         self.mouth_motion = None
         if cfg.decomposition:
             self.sets["mouth"] = GaussianSet(mouth_pts, mouth_cols, lrs,
@@ -287,20 +283,6 @@ class TalkingGaussian(Recipe):
 
     def summary_extras(self) -> dict:
         return {"lip_state_map": self.audio.fit_summary} if self.audio.fit_summary else {}
-
-
-def lip_anchors() -> Tensor:
-    """The canonical template's 40 lip landmarks in the head frame (mm) [40, 3]."""
-    from talksplat.tracking.template import load_canonical_template
-
-    return torch.tensor(load_canonical_template().vertices[list(LIP_POINTS)], dtype=torch.float32)
-
-
-def near(points: Tensor, anchors: Tensor, radius: float) -> Tensor:
-    """[N] 1.0 where a point lies within ``radius`` of any anchor, else 0.0 (no gradient)."""
-    with torch.no_grad():
-        anchors = anchors.to(points.device)
-        return (torch.cdist(points.detach(), anchors).min(dim=1).values <= radius).to(points.dtype)
 
 
 def _motion_field(cfg: MotionFieldConfig, points: Tensor) -> MotionField:

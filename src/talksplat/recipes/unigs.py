@@ -46,7 +46,6 @@ from talksplat.engine.losses import eye_box_l1, mouth_box_l1, ssim, structure_lo
 from talksplat.features.expression import CORE_NAMES
 from talksplat.fields.hashgrid import HashGridConfig
 from talksplat.fields.motion import (
-    DEFORM_OUTPUTS,
     AudioEncoderConfig,
     Deformation,
     LipStateEncoderConfig,
@@ -56,7 +55,14 @@ from talksplat.fields.motion import (
 from talksplat.gaussians import rasterize
 from talksplat.gaussians.gaussian_set import DensifyConfig, GaussianSet
 from talksplat.gaussians.model import GaussianLearningRates
-from talksplat.recipes.parts import POSE_DIM, pose_statistics, pose_vector
+from talksplat.recipes.parts import (
+    FACE_REGIONS,
+    POSE_DIM,
+    near,
+    pose_statistics,
+    pose_vector,
+    template_anchors,
+)
 
 AUDIO_CONDITIONS = SPEECH_CONDITIONS
 SET_NAME = "portrait"
@@ -153,6 +159,13 @@ class UniGSConfig(RecipeConfig):
     # the lids' pathway learns slowly: Kristi Noem with eye_box 4 blinked with seed 0 and never with
     # seed 1; standardised, both seeds blink, held-out PSNR unchanged (docs/unigs.md, "Eyes").
     standardise_eyes: bool = True
+    # NOT IN THE PAPER (0 = the paper): Gaussians whose canonical centre lies within this many mm of
+    # the template's landmarks of ``pose_free_regions`` do not see the head-pose condition (their
+    # share of it is gated to 0). The pose is a near-unique code of each training frame, so without
+    # this the field can explain lip motion by the pose that went with it in the clip, and a render
+    # driven by unseen speech, posed by looped source frames, replays that motion out of sync.
+    pose_free_radius_mm: float = 0.0
+    pose_free_regions: tuple[str, ...] = ("lips",)
     audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
     patch: PatchLossConfig = field(default_factory=PatchLossConfig)
 
@@ -164,6 +177,12 @@ class UniGSConfig(RecipeConfig):
             raise ValueError(f"audio_condition must be one of {AUDIO_CONDITIONS} (got {self.audio_condition!r})")
         if self.pose_noise < 0:
             raise ValueError("pose_noise must be >= 0")
+        if self.pose_free_radius_mm < 0:
+            raise ValueError("pose_free_radius_mm must be >= 0 (0 = every Gaussian sees the pose)")
+        unknown = sorted(set(self.pose_free_regions) - set(FACE_REGIONS))
+        if unknown or not self.pose_free_regions:
+            raise ValueError(f"pose_free_regions must be some of {', '.join(FACE_REGIONS)} "
+                             f"(got {list(self.pose_free_regions)})")
         if min(self.init_points, self.refine_every, self.max_gaussians) < 1 or min(self.cube_scale,
                                                                                     self.init_scale) <= 0:
             raise ValueError("init_points, refine_every, max_gaussians, cube_scale and init_scale must be positive")
@@ -173,9 +192,7 @@ class UniGSConfig(RecipeConfig):
 
     def _validate_deformation(self) -> None:
         d = self.deformation
-        unknown = set(d.outputs) - set(DEFORM_OUTPUTS)
-        if not d.outputs or unknown:
-            raise ValueError(f"deformation.outputs must be some of {', '.join(DEFORM_OUTPUTS)} (got {list(d.outputs)})")
+        d.validate("deformation")
         code_dim = self.lip_state.out_dim if self.audio_condition == "lipstate" else self.audio.out_dim
         fed = {"audio_dim": code_dim, "expression_dim": len(EYE_FEATURES), "extra_dim": POSE_DIM}
         for name, size in fed.items():
@@ -219,6 +236,7 @@ class UniGS(Recipe):
             eyes = data.expressions[torch.as_tensor(data.train_frames)][:, list(EYE_COLUMNS)]
             self.register_buffer("eye_mean", eyes.mean(0))
             self.register_buffer("eye_std", eyes.std(0).clamp_min(EYE_STD_FLOOR))
+        self.pose_free_anchors = template_anchors(cfg.pose_free_regions) if cfg.pose_free_radius_mm > 0 else None
         self.audio = SpeechCondition(data, cfg.audio_condition, cfg.lip_state, cfg.audio, cfg.lip_state_noise,
                                      cfg.lip_state_max_gain, fit=not self.weights_from_checkpoint)
 
@@ -261,6 +279,13 @@ class UniGS(Recipe):
         """The head pose (R, t of the camera in the head frame), standardised over the training frames."""
         return (pose_vector(w2c) - self.pose_mean) / self.pose_std
 
+    def pose_gate(self, means: Tensor) -> Tensor | None:
+        """[N] 0 for the Gaussians of the pose-free face regions, 1 elsewhere; None when every
+        Gaussian sees the pose (``pose_free_radius_mm`` 0)."""
+        if self.pose_free_anchors is None:
+            return None
+        return 1.0 - near(means, self.pose_free_anchors, self.cfg.pose_free_radius_mm)
+
     # ---------------------------------------------------------------------------------- rendering
     def _deformed(self, conditions: Conditions | None, w2c: Tensor) -> tuple[dict[str, Tensor], Deformation | None]:
         gaussians = self.sets[SET_NAME]
@@ -271,7 +296,7 @@ class UniGS(Recipe):
         pose = self.pose_condition(w2c)
         if "pose_noise" in conditions:
             pose = pose + conditions["pose_noise"].to(pose.device)
-        d = self.deformation(p["means"], conditions["audio_code"], eyes, pose)
+        d = self.deformation(p["means"], conditions["audio_code"], eyes, pose, self.pose_gate(p["means"]))
         return {"means": p["means"] + d.d_means, "quats": p["quats"] + d.d_quats,
                 "scales": torch.exp(p["log_scales"] + d.d_log_scales),
                 "opacities": torch.sigmoid(p["opacity_logits"] + d.d_opacity_logits),
