@@ -10,6 +10,7 @@ with the conditions the avatar renders with (lip states predicted from the frame
 - ``audio``: the audio code varies with the frame, pose and eye features stay those of the first frame;
 - ``pose`` (UniGS only; TalkingGaussian has no pose input): the pose varies, the audio code and eyes
   stay the first frame's;
+- ``eyes`` (UniGS only): the eye features vary, the audio code and pose stay the first frame's;
 - ``all``: everything varies.
 
 Per variant: the spread over frames of |delta mu| (mm, mean over the mouth Gaussians), and an opening
@@ -63,23 +64,25 @@ def motion_figures(offsets: torch.Tensor, means: torch.Tensor, rotation: torch.T
 
 @torch.no_grad()
 def unigs_offsets(recipe, frames: np.ndarray):
-    from talksplat.recipes.unigs import EYE_COLUMNS, SET_NAME
+    from talksplat.recipes.unigs import SET_NAME
 
     data, means = recipe.data, recipe.sets[SET_NAME].params["means"]
     conds = {int(f): recipe.conditions(int(f)) for f in frames}
     first = int(frames[0])
+    gate = recipe.pose_gate(means)     # None unless pose_free_radius_mm > 0
 
-    def offsets(audio_from: str, pose_from: str) -> torch.Tensor:
+    def offsets(audio_from: str, pose_from: str, eyes_from: str) -> torch.Tensor:
         out = []
         for f, own in conds.items():
             a = own if audio_from == "frame" else conds[first]
-            eyes = a["expression"][list(EYE_COLUMNS)]
+            e = own if eyes_from == "frame" else conds[first]
+            eyes = recipe.eye_condition(e["expression"])
             w2c = data.w2c[f if pose_from == "frame" else first]
-            out.append(recipe.deformation(means, a["audio_code"], eyes, recipe.pose_condition(w2c)).d_means)
+            out.append(recipe.deformation(means, a["audio_code"], eyes, recipe.pose_condition(w2c), gate).d_means)
         return torch.stack(out)
 
-    return means, {"all": offsets("frame", "frame"), "audio": offsets("frame", "first"),
-                   "pose": offsets("first", "frame")}
+    return means, {"all": offsets("frame", "frame", "frame"), "audio": offsets("frame", "first", "first"),
+                   "pose": offsets("first", "frame", "first"), "eyes": offsets("first", "first", "frame")}
 
 
 @torch.no_grad()
@@ -126,7 +129,7 @@ def main() -> None:
     for run in args.runs:
         figures = run_figures(args.subject, run)
         result["runs"][str(run)] = figures
-        for variant in ("audio", "pose", "all"):
+        for variant in ("audio", "pose", "eyes", "all"):
             if variant in figures:
                 f = figures[variant]
                 print(f"{run.name:32s} {variant:6s} {f['spread_mm']:9.3f} {f['opening_std_mm']:14.3f} "

@@ -295,6 +295,23 @@ def test_pose_free_region_hides_the_pose_from_the_gaussians_near_the_lips(tiny_s
     assert (here[~inside] - there[~inside]).abs().max() > 1e-3
 
 
+def test_incremental_sampling_switch_sets_the_deform_stage_sampler(tiny_subject):
+    """Off (the paper): uniform sampling in both stages. On: TalkingGaussian's incremental sampler in
+    the deform stage, with the recipe's window settings; its first draws are the least open frames."""
+    from talksplat.data.samplers import IncrementalSampler, UniformSampler
+
+    assert [s.sampler for s in _recipe(tiny_subject).stages()] == ["uniform", "uniform"]
+    recipe = _recipe(tiny_subject, incremental_sampling=True, **{"sampling.window": 0.2})
+    static, deform = recipe.stages()
+    assert (static.sampler, deform.sampler) == ("uniform", "incremental")
+    sampler = recipe.sampler(deform)
+    assert isinstance(sampler, IncrementalSampler) and sampler.cfg.window == 0.2
+    assert isinstance(recipe.sampler(static), UniformSampler)
+    train = np.asarray(recipe.data.train_frames)
+    least_open = set(train[np.argsort(recipe.data.lip_open[train], kind="stable")][:max(1, len(train) // 5)].tolist())
+    assert sampler.sample(0, 0, 1000, np.random.default_rng(0)) in least_open
+
+
 @pytest.mark.parametrize("override", [{"pose_free_radius_mm": -1.0}, {"pose_free_regions": "nose"}])
 def test_pose_free_region_settings_are_checked(tiny_subject, override):
     with pytest.raises(TalksplatError, match="pose_free"):

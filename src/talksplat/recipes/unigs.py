@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from talksplat.core.labels import BACKGROUND, HAIR, INSIDE_MOUTH, LIPS, NECK, TORSO
+from talksplat.data.samplers import IncrementalSamplingConfig, make_sampler
 from talksplat.data.subject import SubjectData
 from talksplat.engine.conditioning import SPEECH_CONDITIONS, AudioExpressionConditioner, SpeechCondition
 from talksplat.engine.config import RecipeConfig
@@ -166,6 +167,11 @@ class UniGSConfig(RecipeConfig):
     # driven by unseen speech, posed by looped source frames, replays that motion out of sync.
     pose_free_radius_mm: float = 0.0
     pose_free_regions: tuple[str, ...] = ("lips",)
+    # NOT IN THE PAPER (false = the paper's uniform sampling): TalkingGaussian's incremental sampling
+    # (frames sorted by lip opening, blink and lips apart, a window sliding from small to large
+    # motion) in the deform stage.
+    incremental_sampling: bool = False
+    sampling: IncrementalSamplingConfig = field(default_factory=IncrementalSamplingConfig)
     audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
     patch: PatchLossConfig = field(default_factory=PatchLossConfig)
 
@@ -244,7 +250,11 @@ class UniGS(Recipe):
     def stages(self) -> list[Stage]:
         it = self.cfg.iterations
         return [Stage("static", it.static, trains=("gaussians",), densify=True),
-                Stage("deform", it.deform, trains=("gaussians", "networks"), densify=True, deform=True)]
+                Stage("deform", it.deform, trains=("gaussians", "networks"), densify=True, deform=True,
+                      sampler="incremental" if self.cfg.incremental_sampling else "uniform")]
+
+    def sampler(self, stage: Stage):
+        return make_sampler(stage.sampler, self.data, self.cfg.sampling)
 
     def network_param_groups(self) -> list[dict]:
         cfg = self.cfg
