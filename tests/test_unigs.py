@@ -275,7 +275,8 @@ def test_pose_free_region_hides_the_pose_from_the_gaussians_near_the_lips(tiny_s
     view's pose; the others still follow the pose. Off (0) by default, where every Gaussian sees it."""
     from talksplat.recipes.parts import template_anchors
 
-    assert _recipe(tiny_subject).pose_gate(torch.zeros(3, 3)) is None
+    assert UniGS.Config().pose_free_radius_mm == 25.0
+    assert _recipe(tiny_subject, pose_free_radius_mm=0.0).pose_gate(torch.zeros(3, 3)) is None
     radius = 50.0     # the tiny subject's random cube holds few points near the lips
     recipe = _recipe(tiny_subject, pose_free_radius_mm=radius)
     _wake(recipe.deformation)
@@ -310,6 +311,18 @@ def test_incremental_sampling_switch_sets_the_deform_stage_sampler(tiny_subject)
     train = np.asarray(recipe.data.train_frames)
     least_open = set(train[np.argsort(recipe.data.lip_open[train], kind="stable")][:max(1, len(train) // 5)].tolist())
     assert sampler.sample(0, 0, 1000, np.random.default_rng(0)) in least_open
+
+
+def test_a_checkpoint_config_without_the_pose_free_setting_loads_as_trained():
+    """Runs written before the setting existed were trained with every Gaussian seeing the pose: their
+    saved config (no key) must load with 0, not with today's default; a saved value is kept."""
+    from talksplat.engine.config import config_from_saved, config_to_dict
+
+    saved = config_to_dict(UniGS.Config())
+    del saved["pose_free_radius_mm"]
+    assert config_from_saved(UniGS.Config, saved).pose_free_radius_mm == 0.0
+    assert config_from_saved(UniGS.Config, {**saved, "pose_free_radius_mm": 12.0}).pose_free_radius_mm == 12.0
+    assert "absent_in_older_checkpoints" not in saved
 
 
 @pytest.mark.parametrize("override", [{"pose_free_radius_mm": -1.0}, {"pose_free_regions": "nose"}])

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from talksplat.engine.config import config_from_dict
+from talksplat.engine.config import config_from_saved
 from talksplat.errors import TalksplatError, UsageError
 
 # 2: the engine's layout (Gaussian sets, named optimizers), the subject fingerprint and a tensors digest.
@@ -111,7 +111,7 @@ def load_checkpoint(path: Path, *, recipe: str | None, config_type) -> tuple[dic
         raise UsageError(f"checkpoint {path} was trained with recipe {meta['recipe']!r}, "
                          f"not {recipe!r}; pass --recipe {meta['recipe']} (or another run folder)")
     try:
-        config = config_from_dict(config_type, meta["config"])
+        config = config_from_saved(config_type, meta["config"])
     except TalksplatError as exc:
         # Named as the checkpoint's damage (an older checkpoint may load), not as a bare setting error.
         raise DamagedCheckpoint(f"{path / META_FILE}: config {exc}; the checkpoint is damaged") from exc

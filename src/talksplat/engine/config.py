@@ -15,6 +15,7 @@ import tomllib
 import types
 import typing
 from pathlib import Path
+from typing import ClassVar
 
 from talksplat.errors import TalksplatError, UsageError
 
@@ -28,6 +29,10 @@ class RecipeConfig:
     # Audio feature the run conditions on: mel, phones, mel+phones, avsync[:DIR], wav2vec2:DIR, hubert:DIR
     # (computed from the subject's audio and cached when prepare did not write it).
     audio_feature: str = "mel"
+    # Top-level settings added after checkpoints of the recipe were first written, with the value such a
+    # checkpoint was trained with: a key missing from a saved config means that value, not today's
+    # default (a new default must not change what an older run renders).
+    absent_in_older_checkpoints: ClassVar[dict[str, object]] = {}
 
     def validate(self) -> None:
         """Raises ValueError naming the bad field; recipes extend it."""
@@ -36,7 +41,9 @@ class RecipeConfig:
 
 
 def _hints(config_type) -> dict:
-    return typing.get_type_hints(config_type)
+    """Type hints of the dataclass fields only (class-level constants are not settings)."""
+    hints = typing.get_type_hints(config_type)
+    return {f.name: hints[f.name] for f in dataclasses.fields(config_type)}
 
 
 def _strip_optional(hint):
@@ -100,6 +107,14 @@ def config_from_dict(config_type, values, where: str = "config"):
     kwargs = {name: _check_value(hints[name], value, f"{where}.{name}" if where != "config" else name)
               for name, value in values.items()}
     return config_type(**kwargs)
+
+
+def config_from_saved(config_type, values: dict, where: str = "config"):
+    """:func:`config_from_dict` for a config saved with a checkpoint: keys it lacks that the recipe
+    lists in ``absent_in_older_checkpoints`` take the value they had when it was written."""
+    if isinstance(values, dict):
+        values = {**getattr(config_type, "absent_in_older_checkpoints", {}), **values}
+    return config_from_dict(config_type, values, where)
 
 
 def config_to_dict(cfg) -> dict:

@@ -9,7 +9,9 @@
   tri-plane hash features (L = 12, F = 2) concatenated with the audio code, the eye features (the
   two eye-blink coefficients, standardised over the training frames) and the head pose (R, t of the
   view's camera) predicts delta position, log-scale and rotation for every Gaussian
-  (``fields.motion.MotionField`` without region attention).
+  (``fields.motion.MotionField`` without region attention). Not in the paper: the Gaussians within
+  ``pose_free_radius_mm`` (25) of the template's lips do not see the pose, so the lips move with the
+  audio only.
 - Losses of the deformation stage: L1 + 0.2 D-SSIM, region L1 on mouth (0.1), hair (0.05) and torso +
   neck (0.1) from the prepared label maps, motion regularisation 1e-5 * (|dmu| + |dr| + |dalpha| + |ds|),
   and a patch term (0.2). Not in the paper: TalkingGaussian's lips-box L1 (``losses.mouth_box``, 2.0),
@@ -163,17 +165,23 @@ class UniGSConfig(RecipeConfig):
     # NOT IN THE PAPER (0 = the paper): Gaussians whose canonical centre lies within this many mm of
     # the template's landmarks of ``pose_free_regions`` do not see the head-pose condition (their
     # share of it is gated to 0). The pose is a near-unique code of each training frame, so without
-    # this the field can explain lip motion by the pose that went with it in the clip, and a render
-    # driven by unseen speech, posed by looped source frames, replays that motion out of sync.
-    pose_free_radius_mm: float = 0.0
+    # this the field explains part of the lip motion by the pose that went with it in the clip, and a
+    # render driven by unseen speech, posed by looped source frames, replays that motion out of sync.
+    # Default schedules, two seeds x three unseen voices (docs/unigs.md, "Lip sync: pose-free lips"):
+    # A/V confidence vs TalkingGaussian's 0.88x -> 0.93x (Kristi Noem), 0.85x -> 0.97x (Obama); held-out
+    # PSNR -0.33 dB full crop, -0.17 dB head box (means of four seed pairs).
+    pose_free_radius_mm: float = 25.0
     pose_free_regions: tuple[str, ...] = ("lips",)
     # NOT IN THE PAPER (false = the paper's uniform sampling): TalkingGaussian's incremental sampling
     # (frames sorted by lip opening, blink and lips apart, a window sliding from small to large
-    # motion) in the deform stage.
+    # motion) in the deform stage. Measured with the pose-free lips: level with TalkingGaussian's
+    # sync on Kristi Noem, worse on Obama (0.90x; -0.5 dB and one seed of two nearly stopped blinking). Off.
     incremental_sampling: bool = False
     sampling: IncrementalSamplingConfig = field(default_factory=IncrementalSamplingConfig)
     audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
     patch: PatchLossConfig = field(default_factory=PatchLossConfig)
+    # Runs written before the pose-free lips existed were trained with every Gaussian seeing the pose.
+    absent_in_older_checkpoints: ClassVar[dict[str, object]] = {"pose_free_radius_mm": 0.0}
 
     def validate(self) -> None:
         super().validate()
