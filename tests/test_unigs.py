@@ -275,7 +275,7 @@ def test_pose_free_region_hides_the_pose_from_the_gaussians_near_the_lips(tiny_s
     view's pose; the others still follow the pose. Off (0) by default, where every Gaussian sees it."""
     from talksplat.recipes.parts import template_anchors
 
-    assert UniGS.Config().pose_free_radius_mm == 25.0
+    assert UniGS.Config().pose_free_radius_mm == 25.0 and UniGS.Config().losses.mouth_box == 3.0
     assert _recipe(tiny_subject, pose_free_radius_mm=0.0).pose_gate(torch.zeros(3, 3)) is None
     radius = 50.0     # the tiny subject's random cube holds few points near the lips
     recipe = _recipe(tiny_subject, pose_free_radius_mm=radius)
