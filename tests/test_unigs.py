@@ -284,6 +284,13 @@ def test_pose_free_region_hides_the_pose_from_the_gaussians_near_the_lips(tiny_s
     inside = torch.cdist(means, template_anchors(("lips",))).min(dim=1).values <= radius
     assert inside.sum() > 5 and (~inside).sum() > 5
     assert torch.equal(recipe.pose_gate(means), (~inside).float())
+    moved_means = recipe.sets["portrait"].params["means"]
+    with torch.no_grad():                 # an in-place update (an optimizer step) must refresh the gate
+        moved_means.add_(1000.0)
+    assert torch.equal(recipe.pose_gate(moved_means), torch.ones(len(moved_means)))
+    with torch.no_grad():
+        moved_means.sub_(1000.0)
+    assert torch.equal(recipe.pose_gate(moved_means), (~inside).float())
     t = int(recipe.data.train_frames[0])
     conditions = recipe.conditions(t)
     w2c = recipe.data.w2c[t]

@@ -146,7 +146,7 @@ class MotionField(nn.Module):
         gated = self.config.extra_dim and extra_gate is not None
         present = [c for c in (audio, expression if self.config.expression_dim else None,
                                extra if self.config.extra_dim and not gated else None) if c is not None]
-        end = None if self.config.extra_dim and not gated else x0
+        end = x0 if gated else None      # the extra columns' share is added per row below
         shared = torch.cat(present) @ first.weight[:, enc_dim:end].T + first.bias
         hidden = encoded @ first.weight[:, :enc_dim].T + shared
         if gated:
