@@ -9,12 +9,24 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
-from talksplat.data.samplers import IncrementalSampler, IncrementalSamplingConfig
-from talksplat.engine.config import apply_overrides, differences, overrides_from_file
+from talksplat.data.samplers import (
+    IncrementalSampler,
+    IncrementalSamplingConfig,
+    MinimumShareSampler,
+    UniformSampler,
+)
+from talksplat.engine.config import (
+    RecipeConfig,
+    apply_overrides,
+    config_from_saved,
+    differences,
+    overrides_from_file,
+)
 from talksplat.engine.trainer import Stage, stage_at
 from talksplat.errors import TalksplatError
 from talksplat.recipes import RECIPES
@@ -151,3 +163,38 @@ def test_an_audio_feature_prepare_did_not_write_is_computed_cached_and_trained_o
     assert json.loads((run / "config.json").read_text())["audio_feature"] == "mel+phones"
     with pytest.raises(TalksplatError, match="unknown audio feature"):
         load_subject_data(own_subject, 64, "mfcc")
+
+
+def test_minimum_share_sampler_draws_rare_frames_at_the_share_and_leaves_common_ones_alone():
+    train = np.arange(1000)
+    base = UniformSampler(train)
+    rare = MinimumShareSampler(base, np.array([3, 7]), train, share=0.1)
+    rng = np.random.default_rng(0)
+    draws = np.array([rare.sample(s, 0, 5000, rng) for s in range(5000)])
+    assert 0.08 < np.isin(draws, [3, 7]).mean() < 0.12            # 0.2% of the frames, 10% of the draws
+    common = MinimumShareSampler(base, np.arange(200), train, share=0.1)   # already 20% of the frames
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    assert [common.sample(s, 0, 100, a) for s in range(100)] == [base.sample(s, 0, 100, b) for s in range(100)]
+    none = MinimumShareSampler(base, np.array([], dtype=int), train, share=0.1)   # no frames: the base
+    assert none.extra == 0.0
+
+
+@dataclass
+class _LaterInner:
+    new: float = 1.0
+    old: float = 2.0
+
+
+@dataclass
+class _NestedConfig(RecipeConfig):
+    absent_in_older_checkpoints: ClassVar[dict[str, object]] = {"inner.new": 0.0, "top": 5}
+    inner: _LaterInner = field(default_factory=_LaterInner)
+    top: int = 3
+
+
+def test_dotted_settings_absent_from_older_configs_take_the_value_they_were_trained_with():
+    older = config_from_saved(_NestedConfig, {"size": 64, "inner": {"old": 4.0}})
+    assert (older.inner.new, older.inner.old, older.top) == (0.0, 4.0, 5)
+    newer = config_from_saved(_NestedConfig, {"size": 64, "inner": {"new": 7.0, "old": 4.0}, "top": 1})
+    assert (newer.inner.new, newer.top) == (7.0, 1)
+    assert config_from_saved(_NestedConfig, {"size": 64}).inner.new == 0.0      # the whole block missing

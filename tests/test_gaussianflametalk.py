@@ -304,3 +304,66 @@ def test_render_expressions_are_smoothed_in_time_except_blinks(tiny_subject):
     assert wide.shape == raw.shape and jitter(wide[:, brow]) < jitter(smooth[:, brow])
     recipe.cfg.render_expression_sigma = 2.0
     assert torch.allclose(recipe.conditioner().source_expressions, smooth)
+
+
+def test_linear_prior_predicts_the_ridge_map_until_the_decoder_learns_a_residual():
+    model = _flametalk()
+    torch.nn.init.zeros_(model.motion_decoder.weight)            # the untrained decoder adds nothing
+    rng = np.random.default_rng(0)
+    windows = torch.tensor(rng.normal(size=(200, 4, 5)), dtype=torch.float32)
+    truth = torch.tensor(rng.normal(size=(20, 6)), dtype=torch.float32)
+    targets = 0.3 + windows.reshape(200, -1) @ truth * 0.05           # linear in the audio window
+    before = model(windows[None, :12])[0]
+    assert torch.allclose(before, model.motion_decoder.bias.expand_as(before))   # the mean until fitted
+    summary = model.fit_prior(windows, targets)
+    assert float(model.motion_decoder.bias.detach().abs().max()) == 0.0     # the prior's bias holds the mean
+    assert min(summary["cv_correlation"]) > 0.9
+    with torch.no_grad():
+        fitted = model(windows[None, 100:112])[0]
+    assert float((fitted - targets[100:112]).abs().mean()) < 0.1 * float(targets[100:112].std())
+    # the state (prior included) goes through a checkpoint's named tensors
+    other = _flametalk()
+    other.load_state_dict(model.state_dict())
+    assert torch.equal(other(windows[None, 100:112]), model(windows[None, 100:112]))
+
+
+def test_without_linear_prior_flametalk_has_no_prior_tensors():
+    cfg = FlameTalkConfig(hidden=16, heads=2, layers=1, feedforward=16, linear_prior=False)
+    model = FlameTalk(cfg, (4, 5), 6, torch.randn(12))
+    assert not any(name.startswith("prior_") for name, _ in model.named_buffers())
+
+
+def test_older_runs_load_without_the_linear_prior():
+    from talksplat.engine.config import config_from_saved, config_to_dict
+
+    saved = config_to_dict(GaussianFlameTalk.Config())
+    del saved["flametalk"]["linear_prior"]
+    assert config_from_saved(GaussianFlameTalk.Config, saved).flametalk.linear_prior is False
+    assert GaussianFlameTalk.Config().flametalk.linear_prior is True
+    saved["flametalk"]["linear_prior"] = True
+    assert config_from_saved(GaussianFlameTalk.Config, saved).flametalk.linear_prior is True
+
+
+def test_the_recipe_fits_the_prior_when_built_to_train_not_to_load(tiny_subject, monkeypatch):
+    from talksplat.engine.contract import building_to_load_weights
+    from talksplat.features import lipstate
+    from talksplat.recipes import gaussianflametalk as gft
+
+    monkeypatch.setattr(gft, "MIN_TRAIN_FRAMES", 4)        # the tiny subject is shorter than a real clip
+    monkeypatch.setattr(lipstate, "MIN_TRAIN_FRAMES", 4)
+    recipe = _tiny(tiny_subject)
+    summary = recipe.summary_extras()["flametalk_linear_prior"]
+    assert "ridge" in summary and float(recipe.flametalk.prior_weight.abs().max()) > 0
+    with building_to_load_weights():
+        loading = _tiny(tiny_subject)
+    assert "flametalk_linear_prior" not in loading.summary_extras()   # the checkpoint brings the prior
+    assert float(loading.flametalk.prior_weight.abs().max()) == 0
+    monkeypatch.setattr(gft, "MIN_TRAIN_FRAMES", 10_000)
+    assert "skipped" in _tiny(tiny_subject).summary_extras()["flametalk_linear_prior"]
+
+
+def test_a_bad_prior_gain_is_refused():
+    cfg = GaussianFlameTalk.Config()
+    cfg.flametalk.linear_prior_max_gain = 0.5
+    with pytest.raises(ValueError, match="linear_prior_max_gain"):
+        cfg.validate()

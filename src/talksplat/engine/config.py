@@ -8,6 +8,7 @@ field's type and rejects unknown keys with a one-line error.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -29,9 +30,10 @@ class RecipeConfig:
     # Audio feature the run conditions on: mel, phones, mel+phones, avsync[:DIR], wav2vec2:DIR, hubert:DIR
     # (computed from the subject's audio and cached when prepare did not write it).
     audio_feature: str = "mel"
-    # Top-level settings added after checkpoints of the recipe were first written, with the value such a
-    # checkpoint was trained with: a key missing from a saved config means that value, not today's
-    # default (a new default must not change what an older run renders).
+    # Settings added after checkpoints of the recipe were first written (dotted names for nested ones,
+    # as --set takes them), with the value such a checkpoint was trained with: a key missing from a
+    # saved config means that value, not today's default (a new default must not change what an older
+    # run renders).
     absent_in_older_checkpoints: ClassVar[dict[str, object]] = {}
 
     def validate(self) -> None:
@@ -113,7 +115,14 @@ def config_from_saved(config_type, values: dict, where: str = "config"):
     """:func:`config_from_dict` for a config saved with a checkpoint: keys it lacks that the recipe
     lists in ``absent_in_older_checkpoints`` take the value they had when it was written."""
     if isinstance(values, dict):
-        values = {**getattr(config_type, "absent_in_older_checkpoints", {}), **values}
+        values = copy.deepcopy(values)
+        for dotted, value in getattr(config_type, "absent_in_older_checkpoints", {}).items():
+            *parents, leaf = dotted.split(".")
+            node = values
+            for name in parents:
+                node = node.setdefault(name, {}) if isinstance(node, dict) else None
+            if isinstance(node, dict):   # a malformed parent is config_from_dict's to report
+                node.setdefault(leaf, value)
     return config_from_dict(config_type, values, where)
 
 

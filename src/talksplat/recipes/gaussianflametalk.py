@@ -33,9 +33,11 @@ whose queries are the projected audio plus a periodic positional encoding plus a
 the subject's neutral mesh (a linear map of its 68 landmark vertices); self-attention under a causal
 mask with FaceFormer's period-wise linear bias, cross-attention under an alignment mask (frame t sees
 the audio of frames t - alignment_frames + 1 .. t only); a linear motion decoder to the jaw and mouth
-blendshapes. Loss (eq. 2): mean squared vertex distance (mm^2) between the mesh of the predicted
-mouth parameters and the ground-truth mesh driven only by the tracked (fine-tuned) jaw/mouth
-parameters, every other parameter at the neutral template, computed through the Gram matrix of the
+blendshapes, added to a linear prior (not in the paper; ``flametalk.linear_prior``): a ridge map from
+each frame's own audio window to those blendshapes, fitted in closed form on the training frames, so
+the transformer learns the residual (on a 20-30 s clip it alone barely beat the mean; docs).
+Loss (eq. 2): mean squared vertex distance (mm^2) between the mesh of the predicted mouth parameters
+and the ground-truth mesh driven only by the tracked (fine-tuned) jaw/mouth parameters, every other parameter at the neutral template, computed through the Gram matrix of the
 mouth blendshapes over the vertices they move (exactly the vertex-space L2, cheaper).
 
 Stages: ``avatar`` (Gaussians + per-frame mesh parameters, densify; the mesh teacher-forced with the
@@ -63,6 +65,7 @@ from talksplat.engine.config import RecipeConfig
 from talksplat.engine.contract import Batch, Conditioner, Conditions, Recipe, Stage, View
 from talksplat.engine.losses import mouth_box_l1, ssim
 from talksplat.errors import TalksplatError
+from talksplat.features.lipstate import MIN_TRAIN_FRAMES, fit_audio_to_lips
 from talksplat.gaussians import rasterize
 from talksplat.gaussians.gaussian_set import DensifyConfig, GaussianSet
 from talksplat.gaussians.model import GaussianLearningRates
@@ -136,10 +139,18 @@ class FlameTalkConfig:
     dropout: float = 0.2
     batch_windows: int = 8
     lr: float = 1e-3
+    # A linear prior under the decoder: a ridge map from each frame's own audio window to the jaw/mouth
+    # weights (features.lipstate, the map TalkingGaussian's lip states use), fitted in closed form on the
+    # training frames' tracked weights; the transformer learns the residual. A few hundred frames are
+    # too few for the transformer alone (docs/gaussianflametalk.md, "FlameTalk's linear prior").
+    linear_prior: bool = True
+    # Ridge predictions shrink towards the mean; each weight's is scaled up to the tracked spread, by at most this.
+    linear_prior_max_gain: float = 2.0
 
 
 @dataclass
 class GaussianFlameTalkConfig(RecipeConfig):
+    absent_in_older_checkpoints: ClassVar[dict[str, object]] = {"flametalk.linear_prior": False}
     iterations: StageIterations = field(default_factory=StageIterations)
     losses: GaussianFlameTalkLosses = field(default_factory=GaussianFlameTalkLosses)
     head_points: int = 8000           # seeded on skin, eyes, lips and hair pixels of a training frame
@@ -182,6 +193,8 @@ class GaussianFlameTalkConfig(RecipeConfig):
         if min(ft.hidden, ft.heads, ft.layers, ft.feedforward, ft.context_frames, ft.period,
                ft.alignment_frames, ft.batch_windows) < 1:
             raise ValueError("every flametalk size must be >= 1")
+        if ft.linear_prior_max_gain < 1.0:
+            raise ValueError(f"flametalk.linear_prior_max_gain must be >= 1 (got {ft.linear_prior_max_gain})")
         if not 0.0 <= ft.dropout < 1.0:
             raise ValueError(f"flametalk.dropout must be in [0, 1) (got {ft.dropout})")
         if ft.hidden % ft.heads:
@@ -461,6 +474,9 @@ class FlameTalk(nn.Module):
         self.motion_decoder = nn.Linear(cfg.hidden, outputs)
         # Zero weights (as FaceFormer's motion decoder): the untrained model predicts the bias, the mean.
         nn.init.zeros_(self.motion_decoder.weight)
+        if cfg.linear_prior:   # raw flattened window -> weights; zero (the bias alone) until fit_prior
+            self.register_buffer("prior_weight", torch.zeros(in_dim, outputs))
+            self.register_buffer("prior_bias", torch.zeros(outputs))
 
     @torch.no_grad()
     def fit_statistics(self, windows: Tensor, targets: Tensor) -> None:
@@ -471,16 +487,33 @@ class FlameTalk(nn.Module):
         self.feature_std.copy_(flat.std(0).clamp_min(1e-3))
         self.motion_decoder.bias.copy_(targets.mean(0))
 
+    @torch.no_grad()
+    def fit_prior(self, windows: Tensor, targets: Tensor) -> dict:
+        """Fits the linear prior (``linear_prior``) on training windows (N, *window) and weights (N, k);
+        the motion decoder's bias, the mean until now, becomes 0 (the prior's own bias holds it)."""
+        fit = fit_audio_to_lips(windows.cpu().numpy(), targets.cpu().numpy(), max_gain=self.cfg.linear_prior_max_gain)
+        weight = fit.weight / fit.x_std[:, None]                     # standardisation folded in
+        bias = fit.bias - (fit.x_mean / fit.x_std) @ fit.weight
+        self.prior_weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+        self.prior_bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        self.motion_decoder.bias.zero_()
+        return {"ridge": fit.ridge, "cv_correlation": [round(float(c), 3) for c in fit.cv_correlation],
+                "gain": [round(float(g), 3) for g in fit.gain]}
+
     def forward(self, windows: Tensor) -> Tensor:
         batch, length = windows.shape[:2]
-        audio = self.audio_projection((windows.reshape(batch, length, -1) - self.feature_mean) / self.feature_std)
+        flat = windows.reshape(batch, length, -1)
+        audio = self.audio_projection((flat - self.feature_mean) / self.feature_std)
         # Positions counted back from the newest frame: a window's last frame always has position 0, so
         # short windows at a clip's start and full ones later are encoded alike.
         positions = torch.arange(length - 1, -1, -1)
         queries = audio + periodic_encoding(positions, self.cfg.hidden, self.cfg.period) + self.style(self.style_input)
         hidden = self.decoder(queries, audio, tgt_mask=causal_bias_mask(length, self.cfg.period),
                               memory_mask=alignment_mask(length, self.cfg.alignment_frames))
-        return self.motion_decoder(hidden)
+        out = self.motion_decoder(hidden)
+        if self.cfg.linear_prior:
+            out = out + flat @ self.prior_weight + self.prior_bias
+        return out
 
 
 def style_features(model: HeadModel, identity_mesh: Tensor) -> Tensor:
@@ -551,7 +584,19 @@ class GaussianFlameTalk(Recipe):
         self.flametalk = FlameTalk(cfg.flametalk, tuple(data.audio.shape[1:]), len(self.mouth_columns),
                                    style_features(self.model, self.mesh.identity_mesh))
         self.flametalk.fit_statistics(data.audio[train], self.mesh.tracked[train][:, self.mouth_columns])
+        if cfg.flametalk.linear_prior and not self.weights_from_checkpoint:   # else the checkpoint has it
+            self._fit_flametalk_prior()
         self.neutral_expression = self.mesh.tracked[train].median(dim=0).values
+
+    def _fit_flametalk_prior(self) -> None:
+        """FlameTalk's linear prior on the training frames' tracked jaw/mouth weights (closed form, a
+        second or two); a clip too short for the fit keeps the mean."""
+        train = torch.as_tensor(self.data.train_frames)
+        if len(train) < MIN_TRAIN_FRAMES:
+            self.flametalk_prior_summary = {"skipped": f"{len(train)} training frames (< {MIN_TRAIN_FRAMES})"}
+            return
+        targets = self.mesh.tracked[train][:, self.mouth_columns]
+        self.flametalk_prior_summary = self.flametalk.fit_prior(self.data.audio[train], targets)
 
     # ---------------------------------------------------------------------------------- seeding
     def _build_gaussians(self, rng: np.random.Generator) -> None:
@@ -772,6 +817,8 @@ class GaussianFlameTalk(Recipe):
         gaussians = self.sets[SET_NAME]
         extras = {"rigid_gaussians": int((gaussians.attrs["triangle"] < 0).sum()),
                   "mouth_region_vertices": self.mouth_vertices}
+        if hasattr(self, "flametalk_prior_summary"):     # fitted in this process (not loaded)
+            extras["flametalk_linear_prior"] = self.flametalk_prior_summary
         if len(self.data.val_frames):
             extras["held_out_mouth_vertex_rms"] = {k: round(v, 3) for k, v in
                                                    self.mouth_vertex_errors(self.data.val_frames).items()}
