@@ -124,7 +124,8 @@ class TalkingGaussianConfig(RecipeConfig):
     sampling: IncrementalSamplingConfig = field(default_factory=IncrementalSamplingConfig)
     # In the deforming stages, at least this share of the steps draws a training frame with the eyes
     # shut (data.samplers.MinimumShareSampler; clips that blink more are untouched). German anchor, two
-    # blinks in 18 s (1% of the frames): the avatar half-closed its eyes and never blinked (docs/fidelity.md).
+    # blinks in 20 s (1% of the frames): without it the lids closed half-way, with it to the blink
+    # counter's threshold; 0.1 made him blink but halved Obama's blinks (docs/fidelity.md).
     blink_share: float = 0.04
     # In the motion stage, keep the canonical geometry fixed so mouth changes must be explained by
     # the audio-driven deformation rather than baked into an average mouth (experiment; did not help).
