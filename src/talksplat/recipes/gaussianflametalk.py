@@ -37,8 +37,9 @@ blendshapes, added to a linear prior (not in the paper; ``flametalk.linear_prior
 each frame's own audio window to those blendshapes, fitted in closed form on the training frames, so
 the transformer learns the residual (on a 20-30 s clip it alone barely beat the mean; docs).
 Loss (eq. 2): mean squared vertex distance (mm^2) between the mesh of the predicted mouth parameters
-and the ground-truth mesh driven only by the tracked (fine-tuned) jaw/mouth parameters, every other parameter at the neutral template, computed through the Gram matrix of the
-mouth blendshapes over the vertices they move (exactly the vertex-space L2, cheaper).
+and the ground-truth mesh driven only by the tracked (fine-tuned) jaw/mouth parameters, every other
+parameter at the neutral template, computed through the Gram matrix of the mouth blendshapes over
+the vertices they move (exactly the vertex-space L2, cheaper).
 
 Stages: ``avatar`` (Gaussians + per-frame mesh parameters, densify; the mesh teacher-forced with the
 tracked expressions) then ``flametalk`` (only FlameTalk trains; nothing is rendered in its steps, since
