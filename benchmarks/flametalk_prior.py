@@ -32,7 +32,7 @@ from _machine import machine_info, save_result
 
 from talksplat.eval import runner
 from talksplat.recipes import load_avatar
-from talksplat.recipes.gaussianflametalk import FlameTalk, style_features
+from talksplat.recipes.gaussianflametalk import FlameTalk
 
 RESULTS = Path(__file__).resolve().parent / "results" / "flametalk_prior.json"
 
@@ -40,18 +40,14 @@ RESULTS = Path(__file__).resolve().parent / "results" / "flametalk_prior.json"
 def flametalk_variant(recipe, with_transformer_steps: int) -> FlameTalk:
     """A fresh FlameTalk with the linear prior fitted on the training frames, its transformer trained
     for ``with_transformer_steps`` steps of the recipe's loss (0 = the prior alone)."""
-    data, cols = recipe.data, recipe.mouth_columns
-    train = torch.as_tensor(data.train_frames)
     cfg = replace(recipe.cfg.flametalk, linear_prior=True)
     torch.manual_seed(0)
-    model = FlameTalk(cfg, tuple(data.audio.shape[1:]), len(cols), style_features(recipe.model, recipe.mesh.identity_mesh))
-    model.fit_statistics(data.audio[train], recipe.mesh.tracked[train][:, cols])
-    model.fit_prior(data.audio[train], recipe.mesh.tracked[train][:, cols])
+    model = recipe.new_flametalk(cfg)          # as the recipe builds it for a new run
     recipe.flametalk = model
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     model.train()
     for _ in range(with_transformer_steps):
-        loss = recipe._flametalk_loss(int(recipe.rng.choice(data.train_frames)))
+        loss = recipe._flametalk_loss(int(recipe.rng.choice(recipe.data.train_frames)))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -69,9 +69,9 @@ class MinimumShareSampler(Sampler):
     """Another sampler, except that at least ``share`` of the steps draw one of ``frames`` (uniformly).
 
     For rare, short events a loss would otherwise hardly see: a news anchor who blinks twice in his
-    18 s of training frames has his eyes shut in 1% of them, and his avatar learned to half-close them. Where
-    ``frames`` already make up ``share`` of the training frames (the base sampler's long-run share),
-    it draws exactly what the base sampler draws.
+    18 s of training frames has his eyes shut in 1% of them, and his avatar learned to half-close
+    them. Where ``frames`` already make up ``share`` of the training frames (the base sampler's
+    long-run share), it draws exactly what the base sampler draws.
     """
 
     def __init__(self, base: Sampler, frames: np.ndarray, train_frames: np.ndarray, share: float) -> None:

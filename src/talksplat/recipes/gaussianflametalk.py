@@ -581,23 +581,26 @@ class GaussianFlameTalk(Recipe):
         gram, self.mouth_vertices = mouth_gram(self.model, self.mouth_columns)
         self.mouth_gram = gram                                           # derived from the model: not saved
         self._build_gaussians(rng)
+        self.flametalk = self.new_flametalk(cfg.flametalk, fit_prior=not self.weights_from_checkpoint)
         train = torch.as_tensor(data.train_frames)
-        self.flametalk = FlameTalk(cfg.flametalk, tuple(data.audio.shape[1:]), len(self.mouth_columns),
-                                   style_features(self.model, self.mesh.identity_mesh))
-        self.flametalk.fit_statistics(data.audio[train], self.mesh.tracked[train][:, self.mouth_columns])
-        if cfg.flametalk.linear_prior and not self.weights_from_checkpoint:   # else the checkpoint has it
-            self._fit_flametalk_prior()
         self.neutral_expression = self.mesh.tracked[train].median(dim=0).values
 
-    def _fit_flametalk_prior(self) -> None:
-        """FlameTalk's linear prior on the training frames' tracked jaw/mouth weights (closed form, a
-        second or two); a clip too short for the fit keeps the mean."""
+    def new_flametalk(self, cfg: FlameTalkConfig, fit_prior: bool = True) -> FlameTalk:
+        """An untrained FlameTalk for this subject: feature statistics and the mean from the training
+        frames, and (``cfg.linear_prior`` and ``fit_prior``; a checkpoint brings it otherwise) the linear
+        prior on their tracked jaw/mouth weights (closed form, a second or two; a clip too short for
+        the fit keeps the mean)."""
         train = torch.as_tensor(self.data.train_frames)
-        if len(train) < MIN_TRAIN_FRAMES:
-            self.flametalk_prior_summary = {"skipped": f"{len(train)} training frames (< {MIN_TRAIN_FRAMES})"}
-            return
-        targets = self.mesh.tracked[train][:, self.mouth_columns]
-        self.flametalk_prior_summary = self.flametalk.fit_prior(self.data.audio[train], targets)
+        windows, targets = self.data.audio[train], self.mesh.tracked[train][:, self.mouth_columns]
+        model = FlameTalk(cfg, tuple(self.data.audio.shape[1:]), len(self.mouth_columns),
+                          style_features(self.model, self.mesh.identity_mesh))
+        model.fit_statistics(windows, targets)
+        if cfg.linear_prior and fit_prior:
+            if len(train) < MIN_TRAIN_FRAMES:
+                self.flametalk_prior_summary = {"skipped": f"{len(train)} training frames (< {MIN_TRAIN_FRAMES})"}
+            else:
+                self.flametalk_prior_summary = model.fit_prior(windows, targets)
+        return model
 
     # ---------------------------------------------------------------------------------- seeding
     def _build_gaussians(self, rng: np.random.Generator) -> None:
