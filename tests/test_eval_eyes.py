@@ -213,3 +213,31 @@ def test_talkinggaussian_adds_the_eye_box_term_in_the_deforming_stages(tiny_subj
     lm = data.landmarks_px(t)
     assert lm.shape == (478, 2)
     np.testing.assert_allclose(lm, (np.asarray(data.landmarks[t])[:, :2] + 0.5) * 64 / data.source_size - 0.5)
+
+
+def test_talkinggaussian_floors_the_shut_eye_share_of_rare_blinkers_only(tiny_subject):
+    from talksplat.data.samplers import MinimumShareSampler, shut_eye_frames
+    from talksplat.data.subject import load_subject_data
+    from talksplat.recipes.talkinggaussian import TalkingGaussian, TalkingGaussianConfig
+
+    data = load_subject_data(tiny_subject, 64)
+    train = np.asarray(data.train_frames)
+    cfg = TalkingGaussianConfig(size=64, face_points=300, mouth_points=50)
+    recipe = TalkingGaussian(data, cfg, np.random.default_rng(0))
+    static, motion = recipe.stages()[:2]
+
+    data.blink = np.zeros_like(np.asarray(data.blink))
+    data.blink[train[:1]] = 1.0                      # one shut frame: a rare blinker
+    assert len(shut_eye_frames(data)) / len(train) < cfg.rare_blinks
+    assert isinstance(recipe.sampler(motion), MinimumShareSampler)
+    assert not isinstance(recipe.sampler(static), MinimumShareSampler)     # deforming stages only
+
+    data.blink[train[: max(2, len(train) // 20)]] = 1.0    # ~5% of the frames shut: drawn as before
+    share = len(shut_eye_frames(data)) / len(train)
+    assert cfg.rare_blinks <= share < cfg.blink_share
+    assert not isinstance(recipe.sampler(motion), MinimumShareSampler)
+    cfg.rare_blinks = 1.0                            # 1 = every clip below the share (the old rule)
+    assert recipe.sampler(motion).extra > 0
+
+    with pytest.raises(ValueError, match="rare_blinks"):
+        TalkingGaussianConfig(rare_blinks=0.0).validate()

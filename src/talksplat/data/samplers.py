@@ -65,6 +65,11 @@ class IncrementalSampler(Sampler):
         return int(rng.choice(ordered[start:start + width]))
 
 
+def share_of(frames: np.ndarray, train_frames: np.ndarray) -> float:
+    """The share of the training frames that ``frames`` are (a uniform draw's long-run share)."""
+    return len(frames) / max(len(train_frames), 1)
+
+
 class MinimumShareSampler(Sampler):
     """Another sampler, except that at least ``share`` of the steps draw one of ``frames`` (uniformly).
 
@@ -76,7 +81,7 @@ class MinimumShareSampler(Sampler):
 
     def __init__(self, base: Sampler, frames: np.ndarray, train_frames: np.ndarray, share: float) -> None:
         self.base, self.frames = base, np.asarray(frames)
-        natural = len(self.frames) / max(len(train_frames), 1)
+        natural = share_of(self.frames, train_frames)
         # P(extra draw) + (1 - P) * natural = share
         self.extra = (share - natural) / (1.0 - natural) if 0 < len(self.frames) and natural < share else 0.0
 
