@@ -156,3 +156,51 @@ def test_unknown_face_field_output_is_a_one_line_config_error():
     cfg = apply_overrides(TalkingGaussianConfig(), {"face_opacity_region_mm": "-1"})
     with pytest.raises(ValueError, match="face_opacity_region_mm"):
         cfg.validate()
+
+
+def test_landmark_motion_term_is_zero_on_target_and_pulls_towards_it():
+    from talksplat.engine.losses import anchor_weights, landmark_motion_l1, project_points
+
+    K = torch.tensor([[100.0, 0, 32], [0, 100.0, 32], [0, 0, 1]])
+    w2c = torch.eye(4)
+    w2c[2, 3] = 500.0                                           # 500 mm in front of the camera
+    anchors = torch.tensor([[0.0, 10.0, 0.0], [5.0, 12.0, 0.0]])
+    jaw_drop = torch.tensor([[0.0, 5.0, 0.0], [0.0, 5.0, 0.0]])
+    target = project_points(anchors + jaw_drop, w2c, K)
+    assert landmark_motion_l1(jaw_drop, anchors, w2c, K, target).item() < 1e-5
+    still = torch.zeros(2, 3, requires_grad=True)
+    loss = landmark_motion_l1(still, anchors, w2c, K, target)
+    assert abs(loss.item() - 0.5) < 1e-3                           # 1 px down on each: (0 + 1) / 2
+    loss.backward()
+    assert (still.grad[:, 1] < 0).all()                          # a step against it drops the anchors
+    target[1] = float("nan")                                     # an untracked landmark is skipped
+    assert abs(landmark_motion_l1(torch.zeros(2, 3), anchors, w2c, K, target).item() - 0.5) < 1e-3
+
+    points = torch.tensor([[0.0, 10.0, 0.5], [0.0, 10.5, 0.0], [50.0, 0.0, 0.0]])
+    weights = anchor_weights(points, anchors, radius=1.0)
+    assert torch.allclose(weights[0], torch.tensor([0.5, 0.5, 0.0])) and weights[1].sum() == 0
+
+
+def test_talkinggaussian_lip_landmark_term_reaches_the_face_motion_field(tiny_subject):
+    from talksplat.data.subject import load_subject_data
+    from talksplat.engine.contract import Batch, View
+    from talksplat.recipes.talkinggaussian import TalkingGaussian, TalkingGaussianConfig
+
+    data = load_subject_data(tiny_subject, 64)
+    off = TalkingGaussian(data, TalkingGaussianConfig(size=64, face_points=300, mouth_points=50),
+                          np.random.default_rng(0))
+    static, motion = off.stages()[:2]
+    t = int(data.train_frames[0])
+    batch = Batch(frame=t, image=data.image(t))
+    assert "lip_landmarks" not in off.losses(off.forward(View(t), off.training_conditions(t, motion), motion),
+                                             batch, motion)          # off by default
+    cfg = TalkingGaussianConfig(size=64, face_points=3000, mouth_points=50)
+    cfg.losses.lip_landmarks = 1.0
+    recipe = TalkingGaussian(data, cfg, np.random.default_rng(0))
+    assert torch.isfinite(recipe.lip_offsets).all() and recipe.lip_offsets.shape == (40, 2)
+    outputs = recipe.forward(View(t), recipe.training_conditions(t, motion), motion)
+    assert "lip_landmarks" not in recipe.losses(outputs, batch, static)
+    term = recipe.losses(outputs, batch, motion)["lip_landmarks"]
+    recipe.face_motion.zero_grad()
+    term.backward()
+    assert recipe.face_motion.head[-1].weight.grad.abs().sum() > 0

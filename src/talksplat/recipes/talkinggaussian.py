@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 
 from talksplat.core.labels import INSIDE_MOUTH, LIPS
+from talksplat.core.landmarks import LIP_POINTS
+from talksplat.core.pixels import RASTER_PIXEL_CENTRE
 from talksplat.data.samplers import (
     IncrementalSamplingConfig,
     MinimumShareSampler,
@@ -37,7 +39,15 @@ from talksplat.data.subject import SubjectData
 from talksplat.engine.conditioning import SPEECH_CONDITIONS, AudioExpressionConditioner, SpeechCondition
 from talksplat.engine.config import RecipeConfig
 from talksplat.engine.contract import Batch, Conditions, Recipe, Stage, View, placeholder_points
-from talksplat.engine.losses import eye_box_l1, label_alpha, mouth_box_l1, ssim
+from talksplat.engine.losses import (
+    anchor_weights,
+    eye_box_l1,
+    label_alpha,
+    landmark_motion_l1,
+    mouth_box_l1,
+    project_points,
+    ssim,
+)
 from talksplat.fields.hashgrid import HashGridConfig
 from talksplat.fields.motion import (
     AudioEncoderConfig,
@@ -89,6 +99,12 @@ class TalkingGaussianLosses:
     # answered mouth_face_alpha by going transparent over the lips even in shut frames (alpha 0.1-0.14
     # on Andrew's 10 most shut training frames, 0.99 before; docs/fidelity.md). OFF by default.
     lips_face_alpha: float = 0.0
+    # Mean pixel distance, as a fraction of the image side, between the tracked lip landmarks and the
+    # canonical template's lip landmarks moved by the face motion field (the mean offset of the face
+    # Gaussians within lip_landmark_radius_mm) and projected, each landmark's median offset over the
+    # training frames removed: a geometric teacher for the lip motion, which the image terms taught
+    # less than half of the real (docs/fidelity.md). OFF by default.
+    lip_landmarks: float = 0.0
 
 
 @dataclass
@@ -140,6 +156,9 @@ class TalkingGaussianConfig(RecipeConfig):
     # the offset, so the face layer can fade per frame over the mouth and nowhere else (everywhere,
     # the Obama avatar stopped closing its eyes; docs/fidelity.md). 0 = every face Gaussian.
     face_opacity_region_mm: float = 0.0
+    # With losses.lip_landmarks: the face Gaussians within this many mm of a canonical lip landmark
+    # carry it.
+    lip_landmark_radius_mm: float = 4.0
     decomposition: bool = True
     incremental_sampling: bool = True
     appearance_modification: bool = False
@@ -159,6 +178,8 @@ class TalkingGaussianConfig(RecipeConfig):
             raise ValueError("face_points, mouth_points and refine_every must be >= 1")
         if not 0.0 <= self.blink_share < 1.0:
             raise ValueError(f"blink_share must be in [0, 1) (got {self.blink_share}; 0 = off)")
+        if self.lip_landmark_radius_mm <= 0:
+            raise ValueError("lip_landmark_radius_mm must be > 0")
         if not 0.0 < self.rare_blinks <= 1.0:
             raise ValueError(f"rare_blinks must be in (0, 1] (got {self.rare_blinks}; 1 = floor every clip)")
 
@@ -199,6 +220,10 @@ class TalkingGaussian(Recipe):
         self.sets["face"] = GaussianSet(face_pts, face_cols, lrs, replace(densify, max_gaussians=cfg.max_face_gaussians))
         self.face_motion = _motion_field(face_motion, face_pts)
         self.face_opacity_anchors = template_anchors(("lips",)) if cfg.face_opacity_region_mm > 0 else None
+        self.lip_anchors = self.lip_offsets = None
+        if cfg.losses.lip_landmarks > 0 and data.landmarks is not None:
+            self.lip_anchors = template_anchors(("lips",))
+            self.lip_offsets = _landmark_offsets(data, self.lip_anchors, LIP_POINTS)
         self.mouth_motion = None
         if cfg.decomposition:
             self.sets["mouth"] = GaussianSet(mouth_pts, mouth_cols, lrs,
@@ -270,7 +295,8 @@ class TalkingGaussian(Recipe):
     def forward(self, view: View, conditions: Conditions | None, stage: Stage | None = None) -> dict:
         size, K = self.cfg.size, self.data.K
         w2c, backdrop = self.view_inputs(view)
-        face = rasterize(*self._deformed("face", conditions).values(), w2c, K, size, size, with_depth=False)
+        deformed_face = self._deformed("face", conditions)
+        face = rasterize(*deformed_face.values(), w2c, K, size, size, with_depth=False)
         image, transmittance = face.image, 1.0 - face.alpha
         metas = {"face": face.meta}
         face_alpha = face.alpha
@@ -281,8 +307,11 @@ class TalkingGaussian(Recipe):
             transmittance = torch.addcmul(transmittance, transmittance, mouth.alpha, value=-1.0)
             metas["mouth"] = mouth.meta
         # "head": premultiplied head colour, to composite the same render over another backdrop.
-        return {"image": torch.addcmul(image, transmittance, backdrop), "alpha": 1.0 - transmittance, "head": image,
-                "face_alpha": face_alpha, "metas": metas}
+        outputs = {"image": torch.addcmul(image, transmittance, backdrop), "alpha": 1.0 - transmittance,
+                   "head": image, "face_alpha": face_alpha, "metas": metas}
+        if self.lip_anchors is not None and conditions is not None:
+            outputs["face_means"] = deformed_face["means"]
+        return outputs
 
     # ---------------------------------------------------------------------------------- training
     def losses(self, outputs: dict, batch: Batch, stage: Stage) -> dict[str, Tensor]:
@@ -304,10 +333,32 @@ class TalkingGaussian(Recipe):
             terms["lips_face_alpha"] = label_alpha(1.0 - outputs["face_alpha"], labels, LIPS)
         if losses.eye_box > 0 and self.data.landmarks is not None:
             terms["eye_box"] = eye_box_l1(image, target, self.data.landmarks_px(batch.frame))
+        if "face_means" in outputs:
+            terms["lip_landmarks"] = self._lip_landmark_term(outputs["face_means"], batch.frame)
         return terms
+
+    def _lip_landmark_term(self, face_means: Tensor, frame: int) -> Tensor:
+        canonical = self.sets["face"].params["means"]
+        weights = anchor_weights(canonical, self.lip_anchors, self.cfg.lip_landmark_radius_mm)
+        displacements = weights @ (face_means - canonical.detach())
+        tracked = torch.as_tensor(self.data.landmarks_px(frame)[list(LIP_POINTS)] + RASTER_PIXEL_CENTRE, dtype=torch.float32)
+        target = tracked.to(face_means.device) - self.lip_offsets.to(face_means.device)
+        return landmark_motion_l1(displacements, self.lip_anchors.to(face_means.device), self.data.w2c[frame],
+                                  self.data.K, target) / self.cfg.size
 
     def summary_extras(self) -> dict:
         return {"lip_state_map": self.audio.fit_summary} if self.audio.fit_summary else {}
+
+
+def _landmark_offsets(data: SubjectData, anchors: Tensor, indices) -> Tensor:
+    """[K, 2] median over the training frames of (tracked landmark - projected canonical anchor), in
+    pixels: the template is not the subject's face, so the lip term teaches motion, not shape."""
+    rows, K = [], data.K.cpu()
+    for t in np.asarray(data.train_frames):
+        projected = project_points(anchors, data.w2c[int(t)].cpu(), K).numpy()
+        rows.append(data.landmarks_px(int(t))[list(indices)] + RASTER_PIXEL_CENTRE - projected)
+    offsets = np.nanmedian(np.stack(rows), axis=0)
+    return torch.tensor(np.nan_to_num(offsets), dtype=torch.float32)
 
 
 def _motion_field(cfg: MotionFieldConfig, points: Tensor) -> MotionField:
