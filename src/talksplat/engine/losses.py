@@ -140,8 +140,8 @@ def anchor_weights(points: Tensor, anchors: Tensor, radius: float) -> Tensor:
 
 def landmark_motion_l1(displacements: Tensor, anchors: Tensor, w2c: Tensor, K: Tensor, target: Tensor) -> Tensor:
     """Mean pixel distance (L1 over x and y) between the anchors moved by ``displacements`` [K, 3]
-    and projected, and ``target`` [K, 2] (NaN rows skipped): a geometric teacher for a motion field,
-    which the image loss alone taught less than half the real lip motion (docs/fidelity.md)."""
+    and projected, and ``target`` [K, 2] (NaN rows skipped): a geometric teacher for a motion field
+    beside the image terms (docs/fidelity.md, "a lip-landmark term")."""
     moved = project_points(anchors + displacements, w2c, K)
     valid = torch.isfinite(target).all(dim=1)
     if not bool(valid.any()):

@@ -102,8 +102,9 @@ class TalkingGaussianLosses:
     # Mean pixel distance, as a fraction of the image side, between the tracked lip landmarks and the
     # canonical template's lip landmarks moved by the face motion field (the mean offset of the face
     # Gaussians within lip_landmark_radius_mm) and projected, each landmark's median offset over the
-    # training frames removed: a geometric teacher for the lip motion, which the image terms taught
-    # less than half of the real (docs/fidelity.md). OFF by default.
+    # training frames removed: a geometric teacher for the lip motion (the render's mouth changes half
+    # as much as the real one). OFF by default: the interior gains on training frames, not reliably
+    # held out, and Obama lost 0.43 dB held out on one of two seeds (docs/fidelity.md).
     lip_landmarks: float = 0.0
 
 
