@@ -218,6 +218,7 @@ def test_talkinggaussian_adds_the_eye_box_term_in_the_deforming_stages(tiny_subj
 def test_talkinggaussian_floors_the_shut_eye_share_of_rare_blinkers_only(tiny_subject):
     from talksplat.data.samplers import MinimumShareSampler, shut_eye_frames
     from talksplat.data.subject import load_subject_data
+    from talksplat.engine.config import config_from_saved
     from talksplat.recipes.talkinggaussian import TalkingGaussian, TalkingGaussianConfig
 
     data = load_subject_data(tiny_subject, 64)
@@ -241,3 +242,7 @@ def test_talkinggaussian_floors_the_shut_eye_share_of_rare_blinkers_only(tiny_su
 
     with pytest.raises(ValueError, match="rare_blinks"):
         TalkingGaussianConfig(rare_blinks=0.0).validate()
+    # A run saved before the rule floored every clip; one saved before the floor had none.
+    floored = config_from_saved(TalkingGaussianConfig, {"size": 64, "blink_share": 0.04})
+    assert (floored.blink_share, floored.rare_blinks) == (0.04, 1.0)
+    assert config_from_saved(TalkingGaussianConfig, {"size": 64}).blink_share == 0.0
