@@ -159,14 +159,15 @@ def test_unknown_face_field_output_is_a_one_line_config_error():
 
 
 def test_landmark_motion_term_is_zero_on_target_and_pulls_towards_it():
-    from talksplat.engine.losses import anchor_weights, landmark_motion_l1, project_points
+    from talksplat.engine.losses import anchor_weights, landmark_motion_l1
+    from talksplat.gaussians.rasterize import project_points
 
     K = torch.tensor([[100.0, 0, 32], [0, 100.0, 32], [0, 0, 1]])
     w2c = torch.eye(4)
     w2c[2, 3] = 500.0                                           # 500 mm in front of the camera
     anchors = torch.tensor([[0.0, 10.0, 0.0], [5.0, 12.0, 0.0]])
     jaw_drop = torch.tensor([[0.0, 5.0, 0.0], [0.0, 5.0, 0.0]])
-    target = project_points(anchors + jaw_drop, w2c, K)
+    target, _ = project_points(anchors + jaw_drop, w2c, K)
     assert landmark_motion_l1(jaw_drop, anchors, w2c, K, target).item() < 1e-5
     still = torch.zeros(2, 3, requires_grad=True)
     loss = landmark_motion_l1(still, anchors, w2c, K, target)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from talksplat.core.labels import INSIDE_MOUTH, LIPS
+from talksplat.gaussians.rasterize import project_points
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -124,12 +125,6 @@ def eye_box_l1(image: Tensor, target: Tensor, landmarks: np.ndarray) -> Tensor:
     return torch.cat(diffs).mean()
 
 
-def project_points(points: Tensor, w2c: Tensor, K: Tensor) -> Tensor:
-    """[K, 3] world points -> [K, 2] pixels of the camera ``w2c`` (4x4) with intrinsics ``K`` (3x3)."""
-    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
-    return cam[:, :2] / cam[:, 2:3] * torch.stack([K[0, 0], K[1, 1]]) + K[:2, 2]
-
-
 def anchor_weights(points: Tensor, anchors: Tensor, radius: float) -> Tensor:
     """[K, N] row-normalised weights of the ``points`` within ``radius`` of each anchor (no
     gradient; a row with no point in reach is all zeros)."""
@@ -142,7 +137,7 @@ def landmark_motion_l1(displacements: Tensor, anchors: Tensor, w2c: Tensor, K: T
     """Mean pixel distance (L1 over x and y) between the anchors moved by ``displacements`` [K, 3]
     and projected, and ``target`` [K, 2] (NaN rows skipped): a geometric teacher for a motion field
     beside the image terms (docs/fidelity.md, "a lip-landmark term")."""
-    moved = project_points(anchors + displacements, w2c, K)
+    moved, _ = project_points(anchors + displacements, w2c, K)
     valid = torch.isfinite(target).all(dim=1)
     if not bool(valid.any()):
         return displacements.new_zeros(())

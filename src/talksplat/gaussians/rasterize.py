@@ -31,6 +31,13 @@ class RenderResult(NamedTuple):
     meta: dict
 
 
+def project_points(points: Tensor, w2c: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:
+    """[N, 3] world points -> ([N, 2] pixels, [N] depths) of the camera ``w2c`` (4x4) with intrinsics
+    ``K`` (3x3), as :func:`rasterize` places them (pixel centres at +0.5)."""
+    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+    return cam[:, :2] / cam[:, 2:3] * torch.stack([K[0, 0], K[1, 1]]) + K[:2, 2], cam[:, 2]
+
+
 def _gsplat_usable(means: Tensor) -> bool:
     if not (means.is_cuda and torch.cuda.is_available()):
         return False

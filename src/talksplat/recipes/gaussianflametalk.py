@@ -70,6 +70,7 @@ from talksplat.features.lipstate import MIN_TRAIN_FRAMES, fit_audio_to_lips
 from talksplat.gaussians import rasterize
 from talksplat.gaussians.gaussian_set import DensifyConfig, GaussianSet
 from talksplat.gaussians.model import GaussianLearningRates
+from talksplat.gaussians.rasterize import project_points
 from talksplat.headmodel.model import HeadModel, gaze_angles, load_head_model, rotate_about
 
 SET_NAME = "avatar"
@@ -654,10 +655,9 @@ class GaussianFlameTalk(Recipe):
         verts = self.mesh.world_vertices(t, self.mesh.expression(t))
         w2c, K = self.data.w2c[t], self.data.K
         centroids = verts[self.triangles[torch.from_numpy(candidates)]].mean(1)
-        cam = centroids @ w2c[:3, :3].T + w2c[:3, 3]
-        uv = cam[:, :2] / cam[:, 2:3] * torch.stack([K[0, 0], K[1, 1]]) + K[:2, 2]
-        visible = _zbuffer_visible(uv, cam[:, 2], self.cfg.size)
-        uv_v, depth_v, tri_v = uv[visible].numpy(), cam[visible, 2].numpy(), candidates[visible.numpy()]
+        uv, depth_all = project_points(centroids, w2c, K)
+        visible = _zbuffer_visible(uv, depth_all, self.cfg.size)
+        uv_v, depth_v, tri_v = uv[visible].numpy(), depth_all[visible].numpy(), candidates[visible.numpy()]
         pick = rng.choice(len(xs), size=n, replace=len(xs) < n)
         px = np.stack([xs[pick], ys[pick]], -1).astype(np.float64) + rng.uniform(0, 1, (n, 2))
         dist, nearest = cKDTree(uv_v).query(px)

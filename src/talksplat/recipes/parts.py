@@ -12,6 +12,7 @@ from torch import Tensor
 from talksplat.core.labels import HEAD_LABELS, INSIDE_MOUTH
 from talksplat.core.landmarks import LEFT_EYE, LIP_POINTS, RIGHT_EYE
 from talksplat.data.subject import SubjectData
+from talksplat.gaussians.rasterize import project_points
 
 MOUTH_DEPTH_BEHIND_LIPS_MM = 8.0  # the mouth interior starts a little behind the lip surface
 # Head pose condition: the camera's rotation (9 entries) and translation (3) in the head frame.
@@ -47,16 +48,15 @@ def _backproject(data: SubjectData, t: int, template: Tensor, labels, n: int, rn
     from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
 
     w2c = data.w2c[t]
-    cam = template @ w2c[:3, :3].T + w2c[:3, 3]
-    uv = (cam[:, :2] / cam[:, 2:3]) * torch.stack([data.K[0, 0], data.K[1, 1]]) + data.K[:2, 2]
+    uv, depth = project_points(template, w2c, data.K)
     label_map = data.labels(t).numpy()
     ys, xs = np.nonzero(np.isin(label_map, labels))
     if len(xs) == 0:  # e.g. a closed mouth everywhere: seed at the template's mouth region
         ys, xs = np.nonzero(label_map == label_map[int(uv[13, 1]), int(uv[13, 0])])
     pick = rng.choice(len(xs), size=n, replace=len(xs) < n)
     px = np.stack([xs[pick], ys[pick]], -1).astype(np.float64) + rng.uniform(0, 1, (n, 2))
-    linear = LinearNDInterpolator(uv.numpy(), cam[:, 2].numpy())
-    nearest = NearestNDInterpolator(uv.numpy(), cam[:, 2].numpy())
+    linear = LinearNDInterpolator(uv.numpy(), depth.numpy())
+    nearest = NearestNDInterpolator(uv.numpy(), depth.numpy())
     z = linear(px)
     z = np.where(np.isnan(z), nearest(px), z) + depth_offset
     K = data.K.numpy()

@@ -45,7 +45,6 @@ from talksplat.engine.losses import (
     label_alpha,
     landmark_motion_l1,
     mouth_box_l1,
-    project_points,
     ssim,
 )
 from talksplat.fields.hashgrid import HashGridConfig
@@ -58,6 +57,7 @@ from talksplat.fields.motion import (
 from talksplat.gaussians import rasterize
 from talksplat.gaussians.gaussian_set import DensifyConfig, GaussianSet
 from talksplat.gaussians.model import GaussianLearningRates
+from talksplat.gaussians.rasterize import project_points
 from talksplat.recipes.parts import near, seed_points, template_anchors
 
 AUDIO_CONDITIONS = SPEECH_CONDITIONS
@@ -356,7 +356,7 @@ def _landmark_offsets(data: SubjectData, anchors: Tensor, indices) -> Tensor:
     pixels: the template is not the subject's face, so the lip term teaches motion, not shape."""
     rows, K = [], data.K.cpu()
     for t in np.asarray(data.train_frames):
-        projected = project_points(anchors, data.w2c[int(t)].cpu(), K).numpy()
+        projected = project_points(anchors, data.w2c[int(t)].cpu(), K)[0].numpy()
         rows.append(data.landmarks_px(int(t))[list(indices)] + RASTER_PIXEL_CENTRE - projected)
     offsets = np.nanmedian(np.stack(rows), axis=0)
     return torch.tensor(np.nan_to_num(offsets), dtype=torch.float32)
