@@ -49,9 +49,18 @@ class AudioExpressionConditioner(Conditioner):
     def conditions(self, windows: Tensor, index: int, source_frame: int, expression: str) -> Conditions:
         if expression not in self.expression_modes:
             raise UsageError(f"expression must be one of {', '.join(self.expression_modes)} (got {expression!r})")
-        code = self.audio_encoder(windows.to(self.expressions.device), index)
+        windows = windows.to(self.expressions.device)
+        code = self.audio_encoder(windows, index)
         expr = self.expressions[source_frame] if expression == "video" else self.neutral
-        return {"audio_code": code, "expression": expr}
+        return {"audio_code": code, "expression": expr, **_lip_state(self.audio_encoder, windows, index)}
+
+
+def _lip_state(encoder: nn.Module, windows: Tensor, index: int) -> Conditions:
+    """``{"lip_state": the frame's lip state predicted from its audio window}`` for a lip-state
+    encoder (a landmark rig reads it); nothing for a learned one."""
+    if not isinstance(encoder, LipStateEncoder):
+        return {}
+    return {"lip_state": encoder.predict(windows[index:index + 1])[0]}
 
 
 SPEECH_CONDITIONS = ("lipstate", "learned")
@@ -74,6 +83,7 @@ class SpeechCondition(nn.Module):
             raise ValueError(f"audio condition must be one of {SPEECH_CONDITIONS} (got {kind!r})")
         self.data, self.noise = data, noise
         self.lip_states: Tensor | None = None
+        self.lip_basis: LipBasis | None = None    # the tracked shapes' basis, when fitted here
         self.fit_summary: dict = {}
         if kind == "lipstate" and not fit:    # the fitted map is in the checkpoint (buffers)
             self.encoder = LipStateEncoder(replace(lip_state, input_dim=int(np.prod(data.audio.shape[1:]))))
@@ -100,7 +110,7 @@ class SpeechCondition(nn.Module):
         fit = fit_audio_to_lips(data.audio[torch.as_tensor(train)].numpy(), states[train], max_gain=max_gain)
         encoder = LipStateEncoder(replace(cfg, input_dim=int(np.prod(data.audio.shape[1:]))))
         encoder.set_map(fit.x_mean, fit.x_std, fit.weight, fit.bias)
-        self.lip_states = torch.from_numpy(states)
+        self.lip_states, self.lip_basis = torch.from_numpy(states), basis
         self.fit_summary = {"ridge": fit.ridge, "cv_correlation": [round(float(c), 3) for c in fit.cv_correlation],
                             "gain": [round(float(g), 3) for g in fit.gain],
                             "explained_variance": [round(float(e), 3) for e in basis.explained]}
@@ -108,14 +118,16 @@ class SpeechCondition(nn.Module):
 
     def conditions(self, frame: int) -> Conditions:
         """Frame ``frame``'s own conditions: the code from its recorded audio, its expression."""
-        return {"audio_code": self.encoder(self.data.audio, frame), "expression": self.data.expressions[frame]}
+        return {"audio_code": self.encoder(self.data.audio, frame), "expression": self.data.expressions[frame],
+                **_lip_state(self.encoder, self.data.audio, frame)}
 
     def training_conditions(self, frame: int) -> Conditions:
         """Lipstate: the tracked lip states (plus noise) teacher-force the code; learned: the audio."""
         if self.lip_states is None:
             return self.conditions(frame)
         noisy = self.lip_states + self.noise * torch.randn_like(self.lip_states)
-        return {"audio_code": self.encoder.from_states(noisy, frame), "expression": self.data.expressions[frame]}
+        return {"audio_code": self.encoder.from_states(noisy, frame), "expression": self.data.expressions[frame],
+                "lip_state": noisy[frame]}
 
     def conditioner(self, audio_feature: str) -> AudioExpressionConditioner:
         """For new audio: the code from the audio, the expression of the pose's source frame (or the

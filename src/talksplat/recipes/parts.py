@@ -11,7 +11,10 @@ from torch import Tensor
 
 from talksplat.core.labels import HEAD_LABELS, INSIDE_MOUTH
 from talksplat.core.landmarks import LEFT_EYE, LIP_POINTS, RIGHT_EYE
+from talksplat.core.pixels import RASTER_PIXEL_CENTRE
 from talksplat.data.subject import SubjectData
+from talksplat.features.lipstate import LipBasis
+from talksplat.fields.landmark_rig import LandmarkRig
 from talksplat.gaussians.rasterize import project_points
 
 MOUTH_DEPTH_BEHIND_LIPS_MM = 8.0  # the mouth interior starts a little behind the lip surface
@@ -97,3 +100,51 @@ def near(points: Tensor, anchors: Tensor, radius: float) -> Tensor:
     with torch.no_grad():
         anchors = anchors.to(points.device)
         return (torch.cdist(points.detach(), anchors).min(dim=1).values <= radius).to(points.dtype)
+
+
+def landmark_offsets(data: SubjectData, anchors: Tensor, indices) -> Tensor:
+    """[K, 2] median over the training frames of (tracked landmark - projected template anchor), in
+    pixels: how far the subject's face lies from the template's at those landmarks."""
+    rows, K = [], data.K.cpu()
+    for t in np.asarray(data.train_frames):
+        projected = project_points(anchors, data.w2c[int(t)].cpu(), K)[0].numpy()
+        rows.append(data.landmarks_px(int(t))[list(indices)] + RASTER_PIXEL_CENTRE - projected)
+    offsets = np.nanmedian(np.stack(rows), axis=0)
+    return torch.tensor(np.nan_to_num(offsets), dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------------ lip rig
+def lip_rig(data: SubjectData, lip_basis: LipBasis, sigma_mm: float, reach_mm: float) -> LandmarkRig:
+    """A :class:`LandmarkRig` moving the subject's 40 lip landmarks (head frame, mm) with the lip-state
+    coefficients of ``lip_basis`` (features.lipstate).
+
+    Each training frame's tracked lip landmarks are put in the head frame (back-projected at the depth
+    of the canonical template's lip landmarks in that frame's camera); anchors and basis are the
+    least-squares fit ``positions ~ anchors + states @ basis`` over the training frames. A fit, not
+    the basis's shape axes mapped to mm, because the lip shapes are centred: alone they would open
+    the mouth by lifting the upper lip as far as the lower one drops.
+    """
+    template = template_anchors(("lips",))
+    frames = np.asarray(data.train_frames)
+    K = data.K.cpu().float()
+    focal, centre = torch.stack([K[0, 0], K[1, 1]]), K[:2, 2]
+    positions, keep = [], []
+    for t in frames:
+        tracked = torch.as_tensor(data.landmarks_px(int(t))[list(LIP_POINTS)] + RASTER_PIXEL_CENTRE, dtype=torch.float32)
+        if not bool(torch.isfinite(tracked).all()):
+            continue
+        w2c = data.w2c[int(t)].cpu().float()
+        _, depth = project_points(template, w2c, K)
+        camera = torch.cat([(tracked - centre) / focal * depth[:, None], depth[:, None]], dim=1)
+        positions.append((camera - w2c[:3, 3]) @ w2c[:3, :3])
+        keep.append(int(t))
+    positions = torch.stack(positions).reshape(len(keep), -1)                                       # [T, K*3]
+    states = torch.as_tensor(lip_basis.coefficients(data.lip_shapes[keep]), dtype=torch.float32)    # [T, S]
+    design = torch.cat([torch.ones(len(keep), 1), states], dim=1)
+    fit = torch.linalg.lstsq(design, positions).solution                                             # [1 + S, K*3]
+    return LandmarkRig(fit[0].reshape(-1, 3), fit[1:].reshape(len(fit) - 1, -1, 3), sigma_mm, reach_mm)
+
+
+def placeholder_lip_rig(lip_dims: int, sigma_mm: float, reach_mm: float) -> LandmarkRig:
+    """A rig of the right shape for a checkpoint to fill (its buffers are saved with the weights)."""
+    return LandmarkRig(torch.zeros(len(LIP_POINTS), 3), torch.zeros(lip_dims, len(LIP_POINTS), 3), sigma_mm, reach_mm)
