@@ -105,6 +105,38 @@ def test_lip_rig_config_errors_are_one_line():
     cfg = apply_overrides(TalkingGaussianConfig(), {"lip_rig": "1", "lip_rig_sets": "face,teeth"})
     with pytest.raises(ValueError, match=r"lip_rig_sets: unknown \['teeth'\]"):
         cfg.validate()
-    cfg = apply_overrides(TalkingGaussianConfig(), {"lip_rig": "1", "audio_condition": "learned"})
-    with pytest.raises(ValueError, match="lip_rig reads the lip state"):
+    cfg = apply_overrides(TalkingGaussianConfig(), {"lip_rig": "-1"})
+    with pytest.raises(ValueError, match="lip_rig must be >= 0"):
         cfg.validate()
+
+
+def test_talkinggaussian_motion_reg_holds_the_face_field_still(tiny_subject):
+    """`losses.motion_reg` (UniGS's motion regularisation, shared in engine.losses): the face field's
+    mean offset magnitude in the deforming stages; a step against it shrinks the offsets."""
+    from talksplat.data.subject import load_subject_data
+    from talksplat.engine.contract import Batch, View
+    from talksplat.engine.losses import motion_magnitude
+    from talksplat.recipes.talkinggaussian import TalkingGaussian, TalkingGaussianConfig
+
+    data = load_subject_data(tiny_subject, 64)
+    cfg = TalkingGaussianConfig(size=64, face_points=300, mouth_points=50)
+    cfg.losses.motion_reg = 1.0
+    recipe = TalkingGaussian(data, cfg, np.random.default_rng(0))
+    static, motion = recipe.stages()[:2]
+    t = int(data.train_frames[0])
+    with torch.no_grad():
+        recipe.face_motion.head[-1].bias.fill_(0.5)                        # a field that moves everything
+    outputs = recipe.forward(View(t), recipe.training_conditions(t, motion), motion)
+    batch = Batch(frame=t, image=data.image(t))
+    assert "motion_reg" not in recipe.losses(recipe.forward(View(t), None, static), batch, static)
+    term = recipe.losses(outputs, batch, motion)["motion_reg"]
+    assert torch.isclose(term, motion_magnitude(outputs["face_deformation"])) and term.item() > 0
+    term.backward()
+    with torch.no_grad():
+        recipe.face_motion.head[-1].bias -= 0.1 * recipe.face_motion.head[-1].bias.grad.sign()
+        smaller = recipe.losses(recipe.forward(View(t), recipe.training_conditions(t, motion), motion), batch,
+                                motion)["motion_reg"]
+    assert smaller < term
+    cfg.losses.motion_reg = 0.0
+    assert "motion_reg" not in recipe.losses(recipe.forward(View(t), recipe.training_conditions(t, motion), motion),
+                                             batch, motion)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from talksplat.core.labels import INSIDE_MOUTH, LIPS
+from talksplat.fields.motion import Deformation
 from talksplat.gaussians.rasterize import project_points
 
 SSIM_WINDOW = 11
@@ -155,3 +156,11 @@ def structure_loss(image: Tensor, target: Tensor) -> Tensor:
     gx, gy = image_gradients(image)
     tx, ty = image_gradients(target)
     return (1 - ssim(image, target)) + (gx - tx).abs().mean() + (gy - ty).abs().mean()
+
+
+def motion_magnitude(d: Deformation) -> Tensor:
+    """|d mean| + |d rotation| + |d opacity| + |d scale|, each a mean over Gaussians and components
+    (UniGS's motion regularisation; an L1, so a few Gaussians may move far - lids, lips - while the
+    many that should stay put are held still)."""
+    return d.d_means.abs().mean() + d.d_quats.abs().mean() + d.d_opacity_logits.abs().mean() + \
+        d.d_log_scales.abs().mean()

@@ -44,12 +44,14 @@ from talksplat.engine.losses import (
     eye_box_l1,
     label_alpha,
     landmark_motion_l1,
+    motion_magnitude,
     mouth_box_l1,
     ssim,
 )
 from talksplat.fields.hashgrid import HashGridConfig
 from talksplat.fields.motion import (
     AudioEncoderConfig,
+    Deformation,
     LipStateEncoderConfig,
     MotionField,
     MotionFieldConfig,
@@ -112,6 +114,11 @@ class TalkingGaussianLosses:
     # as much as the real one). OFF by default: the interior gains on training frames, not reliably
     # held out, and Obama lost 0.43 dB held out on one of two seeds (docs/fidelity.md).
     lip_landmarks: float = 0.0
+    # UniGS's motion regularisation on the face field (engine.losses.motion_magnitude, in the head
+    # frame's mm), in the deforming stages: an L1 that holds still the many Gaussians the conditions
+    # should not move (hair, forehead: 1-2.5 mm std over held-out frames without it) and lets a few
+    # move far (lids, lips). OFF by default (docs/fidelity.md).
+    motion_reg: float = 0.0
 
 
 @dataclass
@@ -200,8 +207,6 @@ class TalkingGaussianConfig(RecipeConfig):
             raise ValueError("lip_landmark_radius_mm must be > 0")
         if self.lip_rig < 0 or self.lip_rig_sigma_mm <= 0 or self.lip_rig_reach_mm <= 0:
             raise ValueError("lip_rig must be >= 0 (0 = off) and lip_rig_sigma_mm, lip_rig_reach_mm > 0")
-        if self.lip_rig > 0 and self.audio_condition != "lipstate":
-            raise ValueError("lip_rig reads the lip state: it needs audio_condition=lipstate (or lip_rig=0)")
         unknown = sorted(set(self.lip_rig_sets) - {"face", "mouth"})
         if unknown:
             raise ValueError(f"lip_rig_sets: unknown {unknown}; use some of face, mouth")
@@ -257,7 +262,9 @@ class TalkingGaussian(Recipe):
         self.audio = SpeechCondition(data, cfg.audio_condition, cfg.lip_state, cfg.audio, cfg.lip_state_noise,
                                      cfg.lip_state_max_gain, fit=not self.weights_from_checkpoint)
         self.lip_rig = None
-        if cfg.lip_rig > 0:
+        # The rig reads the lip state and is fitted to the tracked landmarks: with the learned audio
+        # condition or a subject without landmarks there is nothing to drive or fit it.
+        if cfg.lip_rig > 0 and cfg.audio_condition == "lipstate" and data.landmarks is not None:
             self.lip_rig = placeholder_lip_rig(cfg.lip_state.lip_dims, cfg.lip_rig_sigma_mm, cfg.lip_rig_reach_mm) \
                 if self.weights_from_checkpoint else \
                 lip_rig(data, self.audio.lip_basis, cfg.lip_rig_sigma_mm, cfg.lip_rig_reach_mm)
@@ -307,9 +314,13 @@ class TalkingGaussian(Recipe):
 
     # ---------------------------------------------------------------------------------- rendering
     def _deformed(self, name: str, conditions: Conditions | None) -> dict[str, Tensor]:
+        return self._deform(name, conditions)[0]
+
+    def _deform(self, name: str, conditions: Conditions | None) -> tuple[dict[str, Tensor], Deformation | None]:
+        """The layer's Gaussians under ``conditions`` and the field's offsets (None: canonical)."""
         gaussians = self.sets[name]
         if conditions is None:
-            return gaussians.activated()
+            return gaussians.activated(), None
         p = gaussians.params
         expression = conditions["expression"] if name == "face" else None
         d = self._motion_fields()[name](p["means"], conditions["audio_code"], expression)
@@ -324,12 +335,12 @@ class TalkingGaussian(Recipe):
         return {"means": rigged + d.d_means, "quats": p["quats"] + d.d_quats,
                 "scales": torch.exp(p["log_scales"] + d.d_log_scales),
                 "opacities": torch.sigmoid(p["opacity_logits"] + opacity_offsets),
-                "colors": p["colors"] + d.d_colors}
+                "colors": p["colors"] + d.d_colors}, d
 
     def forward(self, view: View, conditions: Conditions | None, stage: Stage | None = None) -> dict:
         size, K = self.cfg.size, self.data.K
         w2c, backdrop = self.view_inputs(view)
-        deformed_face = self._deformed("face", conditions)
+        deformed_face, face_deformation = self._deform("face", conditions)
         face = rasterize(*deformed_face.values(), w2c, K, size, size, with_depth=False)
         image, transmittance = face.image, 1.0 - face.alpha
         metas = {"face": face.meta}
@@ -345,6 +356,8 @@ class TalkingGaussian(Recipe):
                    "head": image, "face_alpha": face_alpha, "metas": metas}
         if self.lip_anchors is not None and conditions is not None:
             outputs["face_means"] = deformed_face["means"]
+        if self.cfg.losses.motion_reg > 0 and face_deformation is not None:
+            outputs["face_deformation"] = face_deformation
         return outputs
 
     # ---------------------------------------------------------------------------------- training
@@ -369,6 +382,8 @@ class TalkingGaussian(Recipe):
             terms["eye_box"] = eye_box_l1(image, target, self.data.landmarks_px(batch.frame))
         if "face_means" in outputs:
             terms["lip_landmarks"] = self._lip_landmark_term(outputs["face_means"], batch.frame)
+        if "face_deformation" in outputs:
+            terms["motion_reg"] = motion_magnitude(outputs["face_deformation"])
         return terms
 
     def _lip_landmark_term(self, face_means: Tensor, frame: int) -> Tensor:

@@ -45,7 +45,7 @@ from talksplat.data.subject import SubjectData
 from talksplat.engine.conditioning import SPEECH_CONDITIONS, AudioExpressionConditioner, SpeechCondition
 from talksplat.engine.config import RecipeConfig
 from talksplat.engine.contract import Batch, Conditions, Recipe, Stage, View, placeholder_points
-from talksplat.engine.losses import eye_box_l1, mouth_box_l1, ssim, structure_loss
+from talksplat.engine.losses import eye_box_l1, motion_magnitude, mouth_box_l1, ssim, structure_loss
 from talksplat.features.expression import CORE_NAMES
 from talksplat.fields.hashgrid import HashGridConfig
 from talksplat.fields.motion import (
@@ -387,12 +387,6 @@ def region_l1(image: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         return image.new_zeros(())
     diff = (image - target).abs() * mask[..., None]
     return diff.sum() / (pixels * image.shape[-1])
-
-
-def motion_magnitude(d: Deformation) -> Tensor:
-    """|d mean| + |d rotation| + |d opacity| + |d scale|, each a mean over Gaussians and components."""
-    return d.d_means.abs().mean() + d.d_quats.abs().mean() + d.d_opacity_logits.abs().mean() + \
-        d.d_log_scales.abs().mean()
 
 
 def patch_side(size: int, cfg: PatchLossConfig) -> int:
