@@ -37,6 +37,21 @@ def test_landmark_rig_moves_points_linearly_in_the_states():
         LandmarkRig(anchors, torch.zeros(2, 3, 3), 1.0, 8.0)
 
 
+def test_landmark_rig_reuses_weights_only_for_unchanged_points_when_rendering():
+    anchors = torch.tensor([[0.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
+    basis = torch.zeros(1, 2, 3)
+    basis[0, 1, 1] = 3.0
+    rig = LandmarkRig(anchors, basis, sigma=1.0, reach=8.0)
+    points, state = torch.tensor([[0.0, 4.0, 0.0], [0.0, 40.0, 0.0]]), torch.tensor([1.0])
+    with torch.no_grad():
+        first = rig(points, state)
+        assert torch.equal(rig(points, state), first) and rig._cached is not None
+        points[1, 1] = 4.0                                  # moved in place: the weights are recomputed
+        assert torch.allclose(rig(points, state)[1], first[0])
+    rig(points, state)
+    assert rig._cached is None                              # training: never cached
+
+
 def test_lip_rig_reproduces_the_tracked_lip_landmarks(tiny_subject):
     """Fitted on the synthetic clip, the rig's lip landmarks, moved by each training frame's tracked
     lip state and projected, land on the tracked ones - far closer than the still anchors do."""
@@ -66,10 +81,11 @@ def test_talkinggaussian_lip_rig_moves_the_lips_per_frame_and_survives_a_checkpo
     from talksplat.recipes.talkinggaussian import TalkingGaussian, TalkingGaussianConfig
 
     data = load_subject_data(tiny_subject, 64)
-    off = TalkingGaussian(data, TalkingGaussianConfig(size=64, face_points=300, mouth_points=50),
+    off = TalkingGaussian(data, TalkingGaussianConfig(size=64, face_points=300, mouth_points=50, lip_rig=0.0),
                           np.random.default_rng(0))
-    assert off.lip_rig is None                                          # off by default
-    cfg = TalkingGaussianConfig(size=64, face_points=3000, mouth_points=50, lip_rig=1.0)
+    assert off.lip_rig is None
+    cfg = TalkingGaussianConfig(size=64, face_points=3000, mouth_points=50)     # on by default
+    assert cfg.lip_rig == 1.0
     recipe = TalkingGaussian(data, cfg, np.random.default_rng(0))
     motion = recipe.stages()[1]
     opening = data.lip_open[data.train_frames]
@@ -140,3 +156,14 @@ def test_talkinggaussian_motion_reg_holds_the_face_field_still(tiny_subject):
     cfg.losses.motion_reg = 0.0
     assert "motion_reg" not in recipe.losses(recipe.forward(View(t), recipe.training_conditions(t, motion), motion),
                                              batch, motion)
+
+
+def test_talkinggaussian_runs_saved_before_the_rig_load_without_it():
+    """A run saved before the lip rig and motion_reg keeps training and rendering as it was trained."""
+    from talksplat.engine.config import config_from_saved
+    from talksplat.recipes.talkinggaussian import TalkingGaussianConfig
+
+    older = config_from_saved(TalkingGaussianConfig, {"size": 64, "losses": {"l1": 0.8}})
+    assert older.lip_rig == 0.0 and older.losses.motion_reg == 0.0
+    newer = config_from_saved(TalkingGaussianConfig, {"size": 64, "lip_rig": 1.0, "losses": {"motion_reg": 1e-3}})
+    assert newer.lip_rig == 1.0 and newer.losses.motion_reg == 1e-3

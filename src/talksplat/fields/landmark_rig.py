@@ -29,7 +29,8 @@ def rig_weights(points: Tensor, anchors: Tensor, sigma: float, reach: float) -> 
     if sigma <= 0 or reach <= 0:
         raise ValueError("rig sigma and reach must be > 0")
     with torch.no_grad():
-        d2 = torch.cdist(points.detach(), anchors.to(points)).square()
+        # not the matrix-product form: its rounding depends on memory alignment, which broke bitwise resume
+        d2 = torch.cdist(points.detach(), anchors.to(points), compute_mode="donot_use_mm_for_euclid_dist").square()
         blend = torch.softmax(-d2 / (2 * sigma ** 2), dim=1)
         fade = torch.exp(-d2.min(dim=1, keepdim=True).values / (2 * reach ** 2))
         return blend * fade
@@ -50,6 +51,7 @@ class LandmarkRig(nn.Module):
         self.sigma, self.reach = float(sigma), float(reach)
         self.register_buffer("anchors", anchors.float().clone())
         self.register_buffer("basis", basis.float().clone())
+        self._cached: tuple[tuple[Tensor, Tensor], Tensor] | None = None
 
     def anchor_displacements(self, states: Tensor) -> Tensor:
         """[S] -> [K, 3]."""
@@ -59,6 +61,23 @@ class LandmarkRig(nn.Module):
         """[N, 3] displacement of each point under the frame's ``states`` [S]. ``planar``: weights
         from the distance in x and y only (points behind the landmarks, such as teeth behind the
         lips, follow the landmark in front of them)."""
+        return self._weights(points, planar) @ self.anchor_displacements(states)
+
+    def _weights(self, points: Tensor, planar: bool) -> Tensor:
+        # Rendering asks again for the same still points every frame (9 ms for 30k Gaussians on one
+        # core): while gradients are off, keep the last weights with a copy of the points and anchors
+        # they came from, and reuse them only for equal values (a memory address and version can
+        # repeat after densification; comparing the values costs ~0.1 ms).
         axes = slice(0, 2) if planar else slice(0, 3)
-        weights = rig_weights(points[:, axes], self.anchors[:, axes], self.sigma, self.reach)
-        return weights @ self.anchor_displacements(states)
+        points, anchors = points[:, axes].detach(), self.anchors[:, axes]
+        if torch.is_grad_enabled():
+            self._cached = None
+            return rig_weights(points, anchors, self.sigma, self.reach)
+        if self._cached is not None:
+            (seen_points, seen_anchors), weights = self._cached
+            if seen_points.shape == points.shape and torch.equal(seen_points, points) and \
+                    torch.equal(seen_anchors, anchors):
+                return weights
+        weights = rig_weights(points, anchors, self.sigma, self.reach)
+        self._cached = ((points.clone(), anchors.clone()), weights)
+        return weights

@@ -124,24 +124,26 @@ def lip_rig(data: SubjectData, lip_basis: LipBasis, sigma_mm: float, reach_mm: f
     the basis's shape axes mapped to mm, because the lip shapes are centred: alone they would open
     the mouth by lifting the upper lip as far as the lower one drops.
     """
-    template = template_anchors(("lips",))
+    # All in float64, rounded at the end: float32 results' last bits follow the memory layout (BLAS,
+    # LAPACK), and a run resumed from a checkpoint must continue bit for bit.
+    template = template_anchors(("lips",)).double()
     frames = np.asarray(data.train_frames)
-    K = data.K.cpu().float()
+    K = data.K.cpu().double()
     focal, centre = torch.stack([K[0, 0], K[1, 1]]), K[:2, 2]
     positions, keep = [], []
     for t in frames:
-        tracked = torch.as_tensor(data.landmarks_px(int(t))[list(LIP_POINTS)] + RASTER_PIXEL_CENTRE, dtype=torch.float32)
+        tracked = torch.as_tensor(data.landmarks_px(int(t))[list(LIP_POINTS)] + RASTER_PIXEL_CENTRE, dtype=torch.float64)
         if not bool(torch.isfinite(tracked).all()):
             continue
-        w2c = data.w2c[int(t)].cpu().float()
+        w2c = data.w2c[int(t)].cpu().double()
         _, depth = project_points(template, w2c, K)
         camera = torch.cat([(tracked - centre) / focal * depth[:, None], depth[:, None]], dim=1)
         positions.append((camera - w2c[:3, 3]) @ w2c[:3, :3])
         keep.append(int(t))
     positions = torch.stack(positions).reshape(len(keep), -1)                                       # [T, K*3]
-    states = torch.as_tensor(lip_basis.coefficients(data.lip_shapes[keep]), dtype=torch.float32)    # [T, S]
-    design = torch.cat([torch.ones(len(keep), 1), states], dim=1)
-    fit = torch.linalg.lstsq(design, positions).solution                                             # [1 + S, K*3]
+    states = torch.as_tensor(lip_basis.coefficients(data.lip_shapes[keep]), dtype=torch.float64)    # [T, S]
+    design = torch.cat([torch.ones(len(keep), 1, dtype=torch.float64), states], dim=1)
+    fit = torch.linalg.lstsq(design, positions).solution.float()                                     # [1 + S, K*3]
     return LandmarkRig(fit[0].reshape(-1, 3), fit[1:].reshape(len(fit) - 1, -1, 3), sigma_mm, reach_mm)
 
 
