@@ -29,7 +29,9 @@ def rig_weights(points: Tensor, anchors: Tensor, sigma: float, reach: float) -> 
     if sigma <= 0 or reach <= 0:
         raise ValueError("rig sigma and reach must be > 0")
     with torch.no_grad():
-        # not the matrix-product form: its rounding depends on memory alignment, which broke bitwise resume
+        # Elementwise, not the matrix-product form (|a|^2 + |b|^2 - 2ab): no cancellation for the
+        # millimetre distances that matter here, and no BLAS call whose last bits may follow the
+        # memory layout (a resumed run must continue bit for bit).
         d2 = torch.cdist(points.detach(), anchors.to(points), compute_mode="donot_use_mm_for_euclid_dist").square()
         blend = torch.softmax(-d2 / (2 * sigma ** 2), dim=1)
         fade = torch.exp(-d2.min(dim=1, keepdim=True).values / (2 * reach ** 2))
