@@ -81,11 +81,10 @@ def test_talkinggaussian_lip_rig_moves_the_lips_per_frame_and_survives_a_checkpo
     from talksplat.recipes.talkinggaussian import TalkingGaussian, TalkingGaussianConfig
 
     data = load_subject_data(tiny_subject, 64)
-    off = TalkingGaussian(data, TalkingGaussianConfig(size=64, face_points=300, mouth_points=50, lip_rig=0.0),
+    off = TalkingGaussian(data, TalkingGaussianConfig(size=64, face_points=300, mouth_points=50),
                           np.random.default_rng(0))
-    assert off.lip_rig is None
-    cfg = TalkingGaussianConfig(size=64, face_points=3000, mouth_points=50)     # on by default
-    assert cfg.lip_rig == 1.0
+    assert off.lip_rig is None                                          # off by default
+    cfg = TalkingGaussianConfig(size=64, face_points=3000, mouth_points=50, lip_rig=1.0)
     recipe = TalkingGaussian(data, cfg, np.random.default_rng(0))
     motion = recipe.stages()[1]
     opening = data.lip_open[data.train_frames]

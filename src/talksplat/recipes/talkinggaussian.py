@@ -118,8 +118,9 @@ class TalkingGaussianLosses:
     # frame's mm), in the deforming stages: an L1 that holds still the many Gaussians the conditions
     # should not move and lets a few move far (lids, lips). Hair and forehead moved 0.9-1.8 mm (std
     # over held-out frames) without it, more with the lip rig (up to 2.6 mm: held-out PSNR -0.5 dB at
-    # the hair line); 0.6-0.9 mm with it (docs/fidelity.md, "a lip rig").
-    motion_reg: float = 1e-3
+    # the hair line); 0.6-0.9 mm with it (docs/fidelity.md, "a lip rig"). OFF by default: with the
+    # lip rig it cost Obama blinks (2 of 5 voices out of the band prepared at 512, 1 of 15 at 256).
+    motion_reg: float = 0.0
 
 
 @dataclass
@@ -178,12 +179,14 @@ class TalkingGaussianConfig(RecipeConfig):
     lip_landmark_radius_mm: float = 4.0
     # How much of the lip landmarks' motion (the tracked lip state in training, the one predicted from
     # audio when rendering) moves the Gaussians near the lips before the motion fields act (0 = off,
-    # 1 = all; fields.landmark_rig says why). With losses.motion_reg: the inner lips part twice as far,
-    # the interior is sharper on every run, held-out PSNR within 0.1 dB of before on eight runs (three
-    # clips; docs/fidelity.md). The layers it moves (rigging "mouth" too speckled the teeth); the
-    # blend's width (1 mm splits the Gaussians over the opening between the lips; at 2.5 mm they
-    # stayed as a curtain) and its reach, in mm. Needs audio_condition=lipstate and landmarks.
-    lip_rig: float = 1.0
+    # 1 = all; fields.landmark_rig says why). With losses.motion_reg=1e-3: the inner lips part twice as
+    # far, the interior is sharper on every run, held-out PSNR within 0.1 dB of before on eight runs
+    # prepared at 256 (three clips), but prepared at 512 Obama and Andrew lost 0.18 and 0.17 dB and
+    # Obama blinked on 2 of 5 voices out of the band (docs/fidelity.md), so both are OFF by default. The layers it moves (rigging "mouth" too
+    # speckled the teeth); the blend's width (1 mm splits the Gaussians over the opening between the
+    # lips; at 2.5 mm they stayed as a curtain) and its reach, in mm. Needs audio_condition=lipstate
+    # and landmarks.
+    lip_rig: float = 0.0
     lip_rig_sets: tuple[str, ...] = ("face",)
     lip_rig_sigma_mm: float = 1.0
     lip_rig_reach_mm: float = 8.0
