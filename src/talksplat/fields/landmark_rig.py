@@ -77,8 +77,7 @@ class LandmarkRig(nn.Module):
             return rig_weights(points, anchors, self.sigma, self.reach)
         if self._cached is not None:
             (seen_points, seen_anchors), weights = self._cached
-            if seen_points.shape == points.shape and torch.equal(seen_points, points) and \
-                    torch.equal(seen_anchors, anchors):
+            if torch.equal(seen_points, points) and torch.equal(seen_anchors, anchors):
                 return weights
         weights = rig_weights(points, anchors, self.sigma, self.reach)
         self._cached = ((points.clone(), anchors.clone()), weights)

@@ -182,10 +182,10 @@ class TalkingGaussianConfig(RecipeConfig):
     # 1 = all; fields.landmark_rig says why). With losses.motion_reg=1e-3: the inner lips part twice as
     # far, the interior is sharper on every run, held-out PSNR within 0.1 dB of before on eight runs
     # prepared at 256 (three clips), but prepared at 512 Obama and Andrew lost 0.18 and 0.17 dB and
-    # Obama blinked on 2 of 5 voices out of the band (docs/fidelity.md), so both are OFF by default. The layers it moves (rigging "mouth" too
-    # speckled the teeth); the blend's width (1 mm splits the Gaussians over the opening between the
-    # lips; at 2.5 mm they stayed as a curtain) and its reach, in mm. Needs audio_condition=lipstate
-    # and landmarks.
+    # Obama blinked on 2 of 5 voices out of the band (docs/fidelity.md), so both are OFF by default.
+    # Then: the layers it moves (rigging "mouth" too speckled the teeth); the blend's width (1 mm
+    # splits the Gaussians over the opening between the lips; at 2.5 mm they stayed as a curtain)
+    # and its reach, in mm. Needs audio_condition=lipstate and landmarks.
     lip_rig: float = 0.0
     lip_rig_sets: tuple[str, ...] = ("face",)
     lip_rig_sigma_mm: float = 1.0
