@@ -46,11 +46,15 @@ def test_eval_self_reconstruction_writes_report_metrics_and_plots(demo, capsys):
     assert eyes["psnr_eye_region_frames"] == 14 and 10 < eyes["psnr_eye_region"] < 100
     assert len(m["per_frame"]["ear_ours"]) == 14 and len(m["per_frame"]["psnr_mouth_interior"]) == 14
     assert mouth["frames"] == sum(x is not None for x in m["per_frame"]["psnr_mouth_interior"])
+    teeth = mouth["teeth_by_opening"]
+    assert len(teeth["bins"]) == len(teeth["percentiles"]) + 1 and "ours_on_reference_frames" in teeth["bins"][0]
+    assert sum(row["reference_frames"] for row in teeth["bins"]) >= 10   # the tracked real frames
     report = (out / "report.md").read_text()
     for text in ("not computed: no local backbone weights (pass --lpips-weights DIR)",
                  "not SyncNet Sync-C", "AUE analogue", "GaussianFlameTalk", "pixels of a 256x256 crop",
                  "![per-frame PSNR](per_frame_psnr.png)", "## Eyes", "EAR 5th percentile", "Eye-region PSNR",
-                 "## Mouth interior", "sharpness ratio", "Offset score profile"):
+                 "## Mouth interior", "sharpness ratio", "Teeth: the share of inner-lip pixels",
+                 "Offset score profile"):
         assert text in report, text
 
 
@@ -66,6 +70,7 @@ def test_eval_cross_driven_scores_sync_and_stability(demo, tmp_path, capsys):
     assert m["stability"]["ours"]["frames"] == 25
     assert m["eyes"]["ours"]["frames"] == 25 and m["eyes"]["reference"]["frames"] == 100
     assert "psnr_eye_region" not in m["eyes"] and m["mouth_interior"]["psnr"] is None
+    assert "ours_on_reference_frames" not in m["mouth_interior"]["teeth_by_opening"]["bins"][0]   # not paired
     assert m["plots"] == ["mouth_vs_envelope.png", "nose_spectra.png"]
     assert "Not applicable" in (out / "report.md").read_text()
 

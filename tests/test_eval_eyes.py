@@ -145,6 +145,40 @@ def test_masked_psnr_and_gradient_energy_of_known_images():
     assert math.isnan(M.gradient_energy(check, np.zeros((20, 20), bool)))
 
 
+def test_teeth_share_counts_bright_pixels_inside_the_mask():
+    mouth = np.zeros((10, 10), bool)
+    mouth[2:8, 2:8] = True                                                # 36 pixels
+    image = np.full((10, 10, 3), 0.2)                                     # a dark opening
+    image[2:5, 2:8] = 0.9                                                 # an upper row of teeth: 18 pixels
+    image[0, 0] = 1.0                                                     # bright, but outside the lips
+    assert M.teeth_share(image, mouth) == pytest.approx(0.5)
+    assert M.teeth_share((image * 255).astype(np.uint8), mouth) == pytest.approx(0.5)    # uint8 frames too
+    assert M.teeth_share(image, mouth, luma_threshold=0.95) == 0.0
+    assert math.isnan(M.teeth_share(image, np.zeros((10, 10), bool)))
+
+
+def test_teeth_by_opening_compares_at_equal_opening_and_on_the_same_frames():
+    """A render that shows teeth whenever it opens wide but opens at the wrong moments: equal at its
+    own opening, short of the real frames on the real frames' most open moments."""
+    rng = np.random.default_rng(0)
+    open_ref = rng.uniform(0.0, 0.2, 200)
+    teeth_ref = np.where(open_ref > 0.15, 0.5, 0.05)                      # teeth show once open past 0.15
+    open_ours = rng.permutation(open_ref)                                 # the same openings, out of sync
+    teeth_ours = np.where(open_ours > 0.15, 0.5, 0.05)
+    out = M.teeth_by_opening(open_ours, teeth_ours, open_ref, teeth_ref, paired=True, percentiles=(50, 90))
+    below, middle, top = out["bins"]
+    assert below["opening_from"] is None and top["opening_to"] is None
+    assert top["reference"] == pytest.approx(0.5) and top["reference_frames"] == 20
+    assert top["ours_at_own_opening"] == pytest.approx(0.5)               # it shows teeth when it opens
+    assert top["ours_on_reference_frames"] < 0.4                          # but not when the real mouth opens
+    assert below["reference"] == pytest.approx(0.05) and 0.05 < middle["reference"] < 0.5
+    open_ours[:] = np.nan                                                 # no face tracked in the render
+    unpaired = M.teeth_by_opening(open_ours, teeth_ours, open_ref, teeth_ref)
+    assert unpaired["bins"][-1]["ours_at_own_opening"] is None and unpaired["bins"][-1]["ours_frames"] == 0
+    assert "ours_on_reference_frames" not in unpaired["bins"][-1]
+    assert M.teeth_by_opening(open_ours, teeth_ours, np.full(5, np.nan), teeth_ref)["bins"] == []
+
+
 def test_eye_and_mouth_masks_follow_the_landmarks():
     lms = np.zeros((478, 2))
     lms[list(RIGHT_EYE)] = [[20, 30], [40, 30], [30, 28], [30, 32]] * 4       # 20 px wide, centre (30, 30)

@@ -52,11 +52,20 @@ def run(args) -> int:
           f"EAR p5 {_f(eyes['ours']['ear_p5'], 3)} (real {_f(eyes['reference']['ear_p5'], 3)})"
           + (f", eye-region PSNR {_f(eyes.get('psnr_eye_region'))} dB" if "psnr_eye_region" in eyes else "")
           + (f"; mouth interior PSNR {_f(mouth['psnr'])} dB" if mouth.get("psnr") is not None else "")
-          + f", sharpness {_f(mouth['sharpness_ratio'], 2)} of real")
+          + f", sharpness {_f(mouth['sharpness_ratio'], 2)} of real" + _teeth_summary(mouth.get("teeth_by_opening")))
     ours, ref = m["sync"]["ours"], m["sync"]["reference"]
     print(f"  A/V offset {_offset(ours)}; real video {_offset(ref)}; rendering {_f(m['efficiency']['render_fps'], 1)} "
           "frames/s")
     return 0
+
+
+def _teeth_summary(teeth: dict | None) -> str:
+    """The most open bin's teeth shares, ours when open as wide vs the real video's."""
+    if not teeth or not teeth.get("bins"):
+        return ""
+    top = teeth["bins"][-1]
+    return (f"; teeth on the most open {100 - teeth['percentiles'][-1]:g}%: {_f(top['ours_at_own_opening'])} "
+            f"(real {_f(top['reference'])})")
 
 
 def _f(x, digits: int = 2) -> str:

@@ -187,7 +187,28 @@ def _mouth_section(m: dict) -> list[str]:
         rows.append(["frames with an open mouth", _f(mi["frames"])])
     else:
         rows.append(["frames with an open mouth (ours, reference)", f"{mi['frames_ours']}, {mi['frames_reference']}"])
-    return lines + _table(["figure", "value"], rows) + [""]
+    return lines + _table(["figure", "value"], rows) + [""] + _teeth_lines(mi.get("teeth_by_opening"))
+
+
+def _teeth_lines(teeth: dict | None) -> list[str]:
+    """The teeth table: bright share inside the inner lips, binned by mouth opening."""
+    if not teeth or not teeth.get("bins"):
+        return []
+    paired = "ours_on_reference_frames" in teeth["bins"][0]
+    header = ["mouth opening (reference percentiles)", "reference", "ours at its own opening"]
+    header += ["ours on the reference's frames"] if paired else []
+    names = [f"below p{teeth['percentiles'][0]:g}"]
+    names += [f"p{a:g}-p{b:g}" for a, b in zip(teeth["percentiles"][:-1], teeth["percentiles"][1:], strict=True)]
+    names += [f"above p{teeth['percentiles'][-1]:g}"]
+    rows = []
+    for name, row in zip(names, teeth["bins"], strict=True):
+        cells = [name, f"{_f(row['reference'], 2)} ({row['reference_frames']})",
+                 f"{_f(row['ours_at_own_opening'], 2)} ({row['ours_frames']})"]
+        rows.append(cells + ([_f(row["ours_on_reference_frames"], 2)] if paired else []))
+    return [(f"Teeth: the share of inner-lip pixels brighter than luma {teeth['luma_threshold']:g}, by mouth "
+             "opening (frames in brackets). 'At its own opening' asks whether the render shows teeth when it "
+             "opens as wide; 'on the reference's frames' also needs it to open when the real mouth does."),
+            ""] + _table(header, rows) + [""]
 
 
 def _efficiency_section(m: dict) -> list[str]:

@@ -217,8 +217,11 @@ def _self_reconstruction(renderer, config: EvalConfig, lpips_model) -> tuple[dic
                 per_frame.setdefault(k, []).append(v)
             # Motion metrics track the render over a fixed backdrop: a frame's own backdrop (its real
             # torso and neck) outlines the real jaw, which leaks the real mouth opening.
-            ours.append(track_ours(_uint8(out["head"] + (1.0 - out["alpha"]) * fixed_backdrop)))
+            tracked = _uint8(out["head"] + (1.0 - out["alpha"]) * fixed_backdrop)
+            ours.append(track_ours(tracked))
             truth_lms.append(track_gt(truth))
+            per_frame.setdefault("teeth_ours", []).append(_own_mouth(tracked, ours[-1], config.landmark_size)["teeth"])
+            per_frame.setdefault("teeth_truth", []).append(_own_mouth(truth, truth_lms[-1], config.landmark_size)["teeth"])
     samples = _audio_slice(_subject_audio(renderer), int(frames[0]), int(frames[-1]) + 1)
     clip = _Clip(frames, np.stack(ours), np.stack(truth_lms), samples, samples, per_frame, seconds)
     result = {
@@ -232,6 +235,9 @@ def _self_reconstruction(renderer, config: EvalConfig, lpips_model) -> tuple[dic
         "eyes": _eyes_summary(clip, per_frame),
         "mouth_interior": _mouth_interior_summary(per_frame, "ground truth (same frames)"),
     }
+    result["mouth_interior"]["teeth_by_opening"] = M.teeth_by_opening(
+        S.lip_opening(clip.ours), per_frame["teeth_ours"], S.lip_opening(clip.reference), per_frame["teeth_truth"],
+        paired=True)
     return result, clip
 
 
@@ -258,13 +264,14 @@ def _region_scores(rendered: np.ndarray, truth: np.ndarray, landmarks: np.ndarra
     return out
 
 
-def _own_mouth_gradient(frame: np.ndarray, landmarks: np.ndarray, landmark_size: int) -> float:
-    """Gradient energy inside a frame's own tracked inner-lip polygon (NaN: no face or lips closed)."""
+def _own_mouth(frame: np.ndarray, landmarks: np.ndarray, landmark_size: int) -> dict[str, float]:
+    """Gradient energy and teeth share inside a frame's own tracked inner-lip polygon (NaN: no face or
+    lips closed)."""
     lm = rescale_pixels(np.asarray(landmarks)[:, :2], frame.shape[0] / landmark_size)
     mouth = M.mouth_interior_mask(lm, frame.shape[:2])
     if mouth.sum() < MIN_MOUTH_INTERIOR_FRACTION * mouth.size:
-        return math.nan
-    return M.gradient_energy(frame, mouth)
+        return {"gradient": math.nan, "teeth": math.nan}
+    return {"gradient": M.gradient_energy(frame, mouth), "teeth": M.teeth_share(frame, mouth)}
 
 
 @torch.no_grad()
@@ -286,7 +293,7 @@ def _cross_driven(renderer, audio: Path, samples: np.ndarray, config: EvalConfig
 
     n = num_frames_for_samples(len(samples))
     data = renderer.data
-    ours, seconds, gradient_ours = [], [], []
+    ours, seconds, gradient_ours, teeth_ours = [], [], [], []
     # the expression source `talksplat render` uses by default (SyncTalk++: generated from the audio)
     options = renderer.check_options(RenderOptions(pose=config.pose,
                                                    expression=renderer.conditioner.default_expression))
@@ -297,14 +304,18 @@ def _cross_driven(renderer, audio: Path, samples: np.ndarray, config: EvalConfig
             frame = next(generator)
             seconds.append(time.perf_counter() - tic)
             ours.append(tracker(frame))
-            gradient_ours.append(_own_mouth_gradient(frame, ours[-1], config.landmark_size))
+            mouth = _own_mouth(frame, ours[-1], config.landmark_size)
+            gradient_ours.append(mouth["gradient"])
+            teeth_ours.append(mouth["teeth"])
     n_ref = min(data.n_frames, max(M.STABILITY_MIN_FRAMES, round(config.reference_max_seconds * FPS)))
-    reference, gradient_ref = [], []
+    reference, gradient_ref, teeth_ref = [], [], []
     with S.LandmarkTracker(config.landmark_size) as tracker:
         for t in _progress(range(n_ref), n_ref, "eval: tracking the real video", config.progress):
             real = _uint8(data.image(t))
             reference.append(tracker(real))
-            gradient_ref.append(_own_mouth_gradient(real, reference[-1], config.landmark_size))
+            mouth = _own_mouth(real, reference[-1], config.landmark_size)
+            gradient_ref.append(mouth["gradient"])
+            teeth_ref.append(mouth["teeth"])
     ref_samples = _audio_slice(_subject_audio(renderer), 0, n_ref)
     clip = _Clip(np.arange(n), np.stack(ours), np.stack(reference), _audio_slice(samples, 0, n), ref_samples,
                  {"frame": list(range(n)), "gradient_mouth_ours": gradient_ours}, seconds)
@@ -326,7 +337,9 @@ def _cross_driven(renderer, audio: Path, samples: np.ndarray, config: EvalConfig
                            "sharpness_ratio": _ratio(_mean(gradient_ours), _mean(gradient_ref)),
                            "frames_ours": int(np.isfinite(gradient_ours).sum()),
                            "frames_reference": int(np.isfinite(gradient_ref).sum()),
-                           "reference": "real training video (reference)"},
+                           "reference": "real training video (reference)",
+                           "teeth_by_opening": M.teeth_by_opening(S.lip_opening(clip.ours), teeth_ours,
+                                                                  S.lip_opening(clip.reference), teeth_ref)},
     }
     return result, clip
 
