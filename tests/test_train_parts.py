@@ -98,6 +98,27 @@ def test_mouth_box_loss_looks_only_around_the_mouth():
     assert _mouth_box_l1(mouth_change, target, torch.zeros_like(labels)).item() == 0.0
 
 
+def test_mouth_box_dssim_asks_for_the_teeth_edges_not_only_their_mean():
+    """Inside the mouth box, a blur of a row of teeth keeps much of the L1 right but loses the SSIM."""
+    from talksplat.core.labels import INSIDE_MOUTH, LIPS
+    from talksplat.engine.losses import mouth_box_dssim, mouth_box_l1
+
+    labels = torch.zeros(64, 64, dtype=torch.uint8)
+    labels[36:48, 20:44] = LIPS
+    labels[40:44, 22:42] = INSIDE_MOUTH
+    target = torch.full((64, 64, 3), 0.2)
+    target[40:42, 22:42:2] = 0.9                                          # teeth with gaps between them
+    blurred = target.clone()
+    blurred[40:42, 22:42] = target[40:42, 22:42].mean()                   # the same row, smeared
+    assert mouth_box_dssim(target, target, labels).abs().item() < 1e-6
+    assert mouth_box_dssim(blurred, target, labels).item() > 0.05
+    far = target.clone()
+    far[0:10, 0:10] = 1.0                                                 # outside the box: not seen
+    assert mouth_box_dssim(far, target, labels).abs().item() < 1e-6
+    assert mouth_box_dssim(blurred, target, torch.zeros_like(labels)).item() == 0.0
+    assert mouth_box_l1(blurred, target, labels).item() > 0.0
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m["config"].update(lr="fast"), "lr must be a number"),
     (lambda m: m["config"]["inner"].update(width=1.5), "inner.width must be an integer"),
@@ -153,3 +174,25 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_with_a_warning(t
     (path / "meta.json").write_text("{")
     with pytest.raises(TalksplatError, match="no older checkpoint .* loads; start over with --restart"):
         load_latest_valid(tmp_path, recipe="demo", config_type=_Config, warn=warnings.append)
+
+
+def test_talkinggaussian_adds_the_mouth_box_dssim_term_only_when_weighted(tiny_subject):
+    import numpy as np
+
+    from talksplat.data.subject import load_subject_data
+    from talksplat.engine.contract import Batch, View
+    from talksplat.engine.losses import mouth_box_dssim
+    from talksplat.recipes.talkinggaussian import TalkingGaussian, TalkingGaussianConfig
+
+    data = load_subject_data(tiny_subject, 64)
+    cfg = TalkingGaussianConfig(size=64, face_points=300, mouth_points=50)
+    recipe = TalkingGaussian(data, cfg, np.random.default_rng(0))
+    motion = recipe.stages()[1]
+    t = int(data.train_frames[int(np.argmax(data.lip_open[data.train_frames]))])
+    outputs = recipe.forward(View(t), recipe.training_conditions(t, motion), motion)
+    batch = Batch(frame=t, image=data.image(t))
+    assert "mouth_box_dssim" not in recipe.losses(outputs, batch, motion)          # off by default
+    cfg.losses.mouth_box_dssim = 0.5
+    term = recipe.losses(outputs, batch, motion)["mouth_box_dssim"]
+    assert torch.isclose(term, mouth_box_dssim(outputs["image"], data.image(t), data.labels(t))) and term.item() > 0
+    assert recipe.loss_weights()["mouth_box_dssim"] == 0.5

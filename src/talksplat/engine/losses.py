@@ -63,16 +63,29 @@ def psnr(img: Tensor, ref: Tensor) -> float:
 MOUTH_BOX_PADDING_PX = 6   # the lips' box grows by this much so lip edges and the chin line count
 
 
+def mouth_box(labels: Tensor) -> tuple[slice, slice] | None:
+    """The padded bounding box (rows, columns) of the lips and mouth opening in a frame's labels, or
+    None when the frame shows neither."""
+    ys, xs = torch.nonzero((labels == LIPS) | (labels == INSIDE_MOUTH), as_tuple=True)
+    if ys.numel() == 0:
+        return None
+    pad, size = MOUTH_BOX_PADDING_PX, labels.shape[0]
+    return (slice(max(int(ys.min()) - pad, 0), min(int(ys.max()) + pad + 1, size)),
+            slice(max(int(xs.min()) - pad, 0), min(int(xs.max()) + pad + 1, size)))
+
+
 def mouth_box_l1(image: Tensor, target: Tensor, labels: Tensor) -> Tensor:
     """Mean |image - target| over the padded bounding box of the lips and mouth opening (0 if none):
     at 256^2 the mouth is a few hundred of 65k pixels and barely moves a whole-image loss."""
-    ys, xs = torch.nonzero((labels == LIPS) | (labels == INSIDE_MOUTH), as_tuple=True)
-    if ys.numel() == 0:
-        return image.new_zeros(())
-    pad, size = MOUTH_BOX_PADDING_PX, labels.shape[0]
-    y0, y1 = max(int(ys.min()) - pad, 0), min(int(ys.max()) + pad + 1, size)
-    x0, x1 = max(int(xs.min()) - pad, 0), min(int(xs.max()) + pad + 1, size)
-    return (image[y0:y1, x0:x1] - target[y0:y1, x0:x1]).abs().mean()
+    box = mouth_box(labels)
+    return image.new_zeros(()) if box is None else (image[box] - target[box]).abs().mean()
+
+
+def mouth_box_dssim(image: Tensor, target: Tensor, labels: Tensor) -> Tensor:
+    """1 - SSIM over the same box (0 if none): L1 is content with a blurred average of the teeth, SSIM
+    asks for their edges and contrast."""
+    box = mouth_box(labels)
+    return image.new_zeros(()) if box is None else 1 - ssim(image[box], target[box])
 
 
 def label_alpha(alpha: Tensor, labels: Tensor, label: int) -> Tensor:

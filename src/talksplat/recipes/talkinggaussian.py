@@ -45,6 +45,7 @@ from talksplat.engine.losses import (
     label_alpha,
     landmark_motion_l1,
     motion_magnitude,
+    mouth_box_dssim,
     mouth_box_l1,
     ssim,
 )
@@ -88,6 +89,11 @@ class TalkingGaussianLosses:
     # mouth is a few hundred of the 65k pixels at 256^2 and its motion barely moves the global loss.
     # German anchor, held-out mouth-opening correlation: 0.31 at 0, 0.53 at 2, 0.45 at 5.
     mouth_box: float = 2.0
+    # D-SSIM over the same box: L1 is content with a blurred average of the teeth, SSIM asks for their
+    # edges. At 0.5 (Obama and Andrew prepared at 256, short schedules, one seed): interior sharpness
+    # 0.46 -> 0.52 and 0.33 -> 0.52, held-out PSNR within 0.07 dB, but Obama's interior PSNR -0.64 dB
+    # (docs/fidelity.md, ninth session); the default schedule sharpens as much without it. OFF.
+    mouth_box_dssim: float = 0.0
     # Extra L1 over the two eye boxes (landmark boxes holding both lids) in the deforming stages, for
     # the same reason: without it the avatar never closed its eyes (Obama clip, 2600 iterations:
     # render EAR >= 0.25 on training frames whose real EAR is 0.08; docs/fidelity.md).
@@ -376,10 +382,12 @@ class TalkingGaussian(Recipe):
         wants_face_alpha = losses.mouth_face_alpha > 0 and "mouth" in self.sets
         wants_lips_alpha = losses.lips_face_alpha > 0 and "mouth" in self.sets
         # The frame's labels are resized per step below the prepared size: only when a term reads them.
-        wants_labels = losses.mouth_box > 0 or wants_face_alpha or wants_lips_alpha
+        wants_labels = losses.mouth_box > 0 or losses.mouth_box_dssim > 0 or wants_face_alpha or wants_lips_alpha
         labels = self.data.labels(batch.frame) if wants_labels else None
         if losses.mouth_box > 0:
             terms["mouth_box"] = mouth_box_l1(image, target, labels)
+        if losses.mouth_box_dssim > 0:
+            terms["mouth_box_dssim"] = mouth_box_dssim(image, target, labels)
         if wants_face_alpha:
             terms["mouth_face_alpha"] = label_alpha(outputs["face_alpha"], labels, INSIDE_MOUTH)
         if wants_lips_alpha:
