@@ -1,5 +1,5 @@
-"""Fidelity of trained avatars (issue #20): blinks, EAR, eye-region and mouth-interior figures, and the
-A/V offset per driving voice, self-driven (held-out) and cross-driven.
+"""Fidelity of trained avatars (issue #20): blinks, EAR, eye-region and mouth-interior figures (teeth at
+equal opening too), and the A/V offset per driving voice, self-driven (held-out) and cross-driven.
 
     .venv/bin/python benchmarks/fidelity.py NAME=SUBJECT_DIR:RUN_DIR [...] [--voices A.wav B.wav ...]
                                              [--out-root DIR] [--key KEY]
@@ -40,6 +40,7 @@ def _row(m: dict) -> dict:
            "real_ear_median": eyes["reference"]["ear_median"], "real_ear_p5": eyes["reference"]["ear_p5"],
            "real_ear_min": eyes["reference"]["ear_min"],
            "mouth_sharpness_ratio": mouth["sharpness_ratio"],
+           "teeth_by_opening": mouth.get("teeth_by_opening"),
            "offset_frames": sync["ours"]["offset_frames"], "offset_confidence": sync["ours"]["confidence"],
            "real_offset_frames": sync["reference"]["offset_frames"],
            "offset_profile": sync["ours"].get("scores"), "real_offset_profile": sync["reference"].get("scores")}
@@ -57,14 +58,25 @@ def _f(x, d: int = 2) -> str:
 def _print(name: str, rows: list[dict]) -> None:
     print(f"\n{name}")
     print("| driving | blinks/min ours (real) | EAR p5 ours (real) | EAR min ours (real) | offset ours (real) | "
-          "mouth sharpness | PSNR / head / eyes / mouth |")
-    print("|---|---|---|---|---|---|---|")
+          "mouth sharpness | teeth, most open tenth: ours at own opening / on the real frames (real) | "
+          "PSNR / head / eyes / mouth |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         image = (f"{_f(r['psnr'])} / {_f(r['psnr_head'])} / {_f(r['psnr_eye_region'])} / {_f(r['psnr_mouth_interior'])}"
                  if r["mode"] == "self" else "-")
         print(f"| {r['audio']} | {_f(r['blinks_per_minute'], 1)} ({_f(r['real_blinks_per_minute'], 1)}) | "
               f"{_f(r['ear_p5'], 3)} ({_f(r['real_ear_p5'], 3)}) | {_f(r['ear_min'], 3)} ({_f(r['real_ear_min'], 3)}) | "
-              f"{r['offset_frames']} ({r['real_offset_frames']}) | {_f(r['mouth_sharpness_ratio'])} | {image} |")
+              f"{r['offset_frames']} ({r['real_offset_frames']}) | {_f(r['mouth_sharpness_ratio'])} | "
+              f"{_teeth(r['teeth_by_opening'])} | {image} |")
+
+
+def _teeth(teeth: dict | None) -> str:
+    """The most open bin of the teeth comparison (docs/eval.md, "Teeth at equal opening")."""
+    if not teeth or not teeth.get("bins"):
+        return "n/a"
+    top = teeth["bins"][-1]
+    on_real = f" / {_f(top['ours_on_reference_frames'])}" if "ours_on_reference_frames" in top else ""
+    return f"{_f(top['ours_at_own_opening'])} ({top['ours_frames']} frames){on_real} ({_f(top['reference'])})"
 
 
 def main() -> None:
