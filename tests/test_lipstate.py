@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from talksplat.errors import TalksplatError
-from talksplat.features.lipstate import LipBasis, fit_audio_to_lips
+from talksplat.features.lipstate import PREDICTED_STATE_LIMIT, LipBasis, fit_audio_to_lips
 from talksplat.fields.motion import LipStateEncoder, LipStateEncoderConfig
 
 
@@ -61,9 +61,22 @@ def test_encoder_on_predicted_states_equals_encoder_on_audio(center_skip):
     encoder = LipStateEncoder(LipStateEncoderConfig(input_dim=128, lip_dims=2, center_skip=center_skip))
     encoder.set_map(fit.x_mean, fit.x_std, fit.weight, fit.bias)
     w = torch.tensor(windows, dtype=torch.float32)
-    np.testing.assert_allclose(encoder.predict(w).numpy(), fit.predict(windows), atol=1e-4)
+    limit = PREDICTED_STATE_LIMIT
+    np.testing.assert_allclose(encoder.predict(w).numpy(), fit.predict(windows).clip(-limit, limit), atol=1e-4)
     for frame in (0, 57, 119):
         a = encoder(w, frame)
         b = encoder.from_states(encoder.predict(w), frame)
         torch.testing.assert_close(a, b)
     assert a.shape == (32,)
+
+
+def test_encoder_clamps_states_predicted_far_outside_the_tracked_range():
+    """New audio unlike the training voice (a telephone band) can send the linear map to states the
+    motion fields never saw; they are held at PREDICTED_STATE_LIMIT standard deviations."""
+    encoder = LipStateEncoder(LipStateEncoderConfig(input_dim=4, lip_dims=2))
+    encoder.set_map(np.zeros(4), np.ones(4), np.array([[1.0, 0.0], [0.0, -1.0], [0, 0], [0, 0]]), np.zeros(2))
+    windows = torch.tensor([[0.5, 1.0, 0.0, 0.0], [9.0, 20.0, 0.0, 0.0]])
+    states = encoder.predict(windows)
+    torch.testing.assert_close(states[0], torch.tensor([0.5, -1.0]))               # inside: as mapped
+    torch.testing.assert_close(states[1], torch.tensor([PREDICTED_STATE_LIMIT, -PREDICTED_STATE_LIMIT]))
+    assert torch.isfinite(encoder(windows, 1)).all()

@@ -27,6 +27,14 @@ from talksplat.errors import TalksplatError
 DEFAULT_RIDGE_GRID = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 CV_FOLDS = 5              # contiguous blocks: neighbouring frames are near-duplicates
 MIN_TRAIN_FRAMES = 50     # 2 s: fewer frames cannot fit a regression from ~1000 inputs
+# Lip states predicted from new audio are clamped to this many standard deviations of the tracked
+# ones (the coefficients have unit variance, so +-3 holds ~99.7% of a normal spread; the tracked 1st
+# and 99th percentiles lie at +-2.0-2.7 on the real clips). A voice unlike the training one, above
+# all a band-limited one, sends the linear map far outside: Andrew's avatar driven by a telephone
+# version of an unseen voice got states up to 8.8 with 89-100% of the frames outside the tracked
+# range on two coefficients, and its blinks went shallow (EAR p5 0.120 against 0.048 real; clamped:
+# 0.077). The motion fields never saw such states in training.
+PREDICTED_STATE_LIMIT = 3.0
 
 
 @dataclass

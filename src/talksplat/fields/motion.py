@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from talksplat.features.lipstate import PREDICTED_STATE_LIMIT
 from talksplat.fields.hashgrid import HashGridConfig, TriPlaneHashEncoding
 
 # Deformation outputs (TalkingGaussian) and, for the "appearance modification" ablation of its
@@ -375,9 +376,11 @@ class LipStateEncoder(nn.Module):
             getattr(self, name).copy_(torch.as_tensor(np.asarray(value), dtype=torch.float32))
 
     def predict(self, windows: Tensor) -> Tensor:
-        """Audio windows [T, ...] -> predicted lip states [T, lip_dims]."""
+        """Audio windows [T, ...] -> predicted lip states [T, lip_dims], clamped to the range the
+        fields were trained on (features.lipstate.PREDICTED_STATE_LIMIT)."""
         x = windows.reshape(windows.shape[0], -1)
-        return ((x - self.x_mean) / self.x_std) @ self.weight + self.bias
+        states = ((x - self.x_mean) / self.x_std) @ self.weight + self.bias
+        return states.clamp(-PREDICTED_STATE_LIMIT, PREDICTED_STATE_LIMIT)
 
     def from_states(self, states: Tensor, frame: int) -> Tensor:
         """The smoothed code of ``frame`` from lip states of all frames [T, lip_dims] -> [out_dim]."""
