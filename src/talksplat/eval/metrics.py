@@ -472,13 +472,16 @@ def masked_psnr(img, ref, mask: np.ndarray, max_db: float | None = PSNR_CAP_DB) 
     return value if max_db is None else min(value, float(max_db))
 
 
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])    # Rec. 601 luma of RGB
+
+
 def gradient_energy(img, mask: np.ndarray) -> float:
     """Mean squared Sobel gradient magnitude of the luminance inside ``mask`` (H, W): how much fine
     detail (teeth edges, lip lines) a region holds; a blurred region has less. NaN for an empty mask."""
     import cv2
 
     a = as_float_image(img)
-    luma = a.mean(axis=2) if a.shape[2] != 3 else a @ np.array([0.299, 0.587, 0.114])
+    luma = a.mean(axis=2) if a.shape[2] != 3 else a @ LUMA_WEIGHTS
     gx = cv2.Sobel(luma, cv2.CV_64F, 1, 0, ksize=3) / 8.0      # /8: per-pixel intensity difference
     gy = cv2.Sobel(luma, cv2.CV_64F, 0, 1, ksize=3) / 8.0
     m = np.asarray(mask, bool)
@@ -525,7 +528,7 @@ def teeth_share(img, mask: np.ndarray, luma_threshold: float = TEETH_LUMA) -> fl
     m = np.asarray(mask, bool)
     if not m.any():
         return math.nan
-    luma = a[m] @ np.array([0.299, 0.587, 0.114]) if a.shape[2] == 3 else a[m].mean(axis=1)
+    luma = a[m] @ LUMA_WEIGHTS if a.shape[2] == 3 else a[m].mean(axis=1)
     return float((luma > luma_threshold).mean())
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 
 def _f(x, digits: int = 2, unit: str = "") -> str:
     if x is None:
@@ -198,7 +200,7 @@ def _teeth_lines(teeth: dict | None) -> list[str]:
     header = ["mouth opening (reference percentiles)", "reference", "ours at its own opening"]
     header += ["ours on the reference's frames"] if paired else []
     names = [f"below p{teeth['percentiles'][0]:g}"]
-    names += [f"p{a:g}-p{b:g}" for a, b in zip(teeth["percentiles"][:-1], teeth["percentiles"][1:], strict=True)]
+    names += [f"p{a:g}-p{b:g}" for a, b in itertools.pairwise(teeth["percentiles"])]
     names += [f"above p{teeth['percentiles'][-1]:g}"]
     rows = []
     for name, row in zip(names, teeth["bins"], strict=True):
