@@ -18,21 +18,13 @@ import numpy as np
 import torch
 
 import talksplat  # noqa: F401  - before torch work, so talksplat's OpenMP settings apply
-from talksplat.core.labels import INSIDE_MOUTH, LIPS
-from talksplat.engine.losses import MOUTH_BOX_PADDING_PX
+from talksplat.core.labels import LIPS
+from talksplat.engine.losses import mouth_box
 from talksplat.eval import metrics as M
 from talksplat.gaussians import rasterize
 from talksplat.recipes import load_avatar
 
 torch.set_num_threads(1)
-LUMA = np.array([0.299, 0.587, 0.114])
-
-
-def mouth_box(data, t):
-    lab = data.labels(t).numpy()
-    ys, xs = np.nonzero((lab == LIPS) | (lab == INSIDE_MOUTH))
-    p = MOUTH_BOX_PADDING_PX
-    return slice(max(ys.min() - p, 0), ys.max() + p + 1), slice(max(xs.min() - p, 0), xs.max() + p + 1)
 
 
 def projected(data, means, w2c):
@@ -59,7 +51,7 @@ def frame_figures(av, t, held_out):
     lips = data.labels(t).numpy() == LIPS
     err = np.abs(image - real).mean(-1)
     box = np.zeros_like(inner)
-    box[mouth_box(data, t)] = True
+    box[mouth_box(data.labels(t))] = True
     layers = {name: rec._deformed(name, cond) for name in ("face", "mouth")}
     alpha = {name: rasterize(*g.values(), data.w2c[t], data.K, size, size, with_depth=False).alpha[..., 0].numpy()
              for name, g in layers.items()}
@@ -76,7 +68,7 @@ def frame_figures(av, t, held_out):
            "mouth_gaussians_inside": counts["mouth"][0], "mouth_opaque_inside": counts["mouth"][1],
            "psnr": M.masked_psnr(image, real, inner),
            "sharpness": M.gradient_energy(image, inner) / M.gradient_energy(real, inner),
-           "bright_px_real": ((real @ LUMA)[inner] > 0.55).mean(), "bright_px_ours": ((image @ LUMA)[inner] > 0.55).mean()}
+           "bright_px_real": M.teeth_share(real, inner), "bright_px_ours": M.teeth_share(image, inner)}
     crop = None
     if held_out:
         ys, xs = np.nonzero(box)
@@ -108,7 +100,7 @@ def response(av):
     opens, shut = tr[np.argsort(-data.lip_open[tr])[:8]], tr[np.argsort(data.lip_open[tr])[:8]]
     ours, real = [], []
     for to, ts in zip(map(int, opens), map(int, shut)):
-        box = mouth_box(data, to)
+        box = mouth_box(data.labels(to))
         a = av.render(to, rec.training_conditions(to, None))["image"].numpy()
         b = av.render(to, rec.training_conditions(ts, None))["image"].numpy()
         ours.append(np.abs(a - b)[box].mean())
