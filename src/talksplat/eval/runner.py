@@ -220,8 +220,10 @@ def _self_reconstruction(renderer, config: EvalConfig, lpips_model) -> tuple[dic
             tracked = _uint8(out["head"] + (1.0 - out["alpha"]) * fixed_backdrop)
             ours.append(track_ours(tracked))
             truth_lms.append(track_gt(truth))
-            per_frame.setdefault("teeth_ours", []).append(_own_mouth(tracked, ours[-1], config.landmark_size)["teeth"])
-            per_frame.setdefault("teeth_truth", []).append(_own_mouth(truth, truth_lms[-1], config.landmark_size)["teeth"])
+            # (the interior's gradient energy here comes from the ground truth's polygon, above)
+            for key, frame, landmarks in (("teeth_ours", tracked, ours[-1]), ("teeth_truth", truth, truth_lms[-1])):
+                teeth = _own_mouth(frame, landmarks, config.landmark_size, gradient=False)["teeth"]
+                per_frame.setdefault(key, []).append(teeth)
     samples = _audio_slice(_subject_audio(renderer), int(frames[0]), int(frames[-1]) + 1)
     clip = _Clip(frames, np.stack(ours), np.stack(truth_lms), samples, samples, per_frame, seconds)
     result = {
@@ -264,14 +266,15 @@ def _region_scores(rendered: np.ndarray, truth: np.ndarray, landmarks: np.ndarra
     return out
 
 
-def _own_mouth(frame: np.ndarray, landmarks: np.ndarray, landmark_size: int) -> dict[str, float]:
-    """Gradient energy and teeth share inside a frame's own tracked inner-lip polygon (NaN: no face or
-    lips closed)."""
+def _own_mouth(frame: np.ndarray, landmarks: np.ndarray, landmark_size: int,
+               gradient: bool = True) -> dict[str, float]:
+    """Teeth share and (``gradient``) gradient energy inside a frame's own tracked inner-lip polygon
+    (NaN: no face or lips closed)."""
     lm = rescale_pixels(np.asarray(landmarks)[:, :2], frame.shape[0] / landmark_size)
     mouth = M.mouth_interior_mask(lm, frame.shape[:2])
     if mouth.sum() < MIN_MOUTH_INTERIOR_FRACTION * mouth.size:
         return {"gradient": math.nan, "teeth": math.nan}
-    return {"gradient": M.gradient_energy(frame, mouth), "teeth": M.teeth_share(frame, mouth)}
+    return {"gradient": M.gradient_energy(frame, mouth) if gradient else math.nan, "teeth": M.teeth_share(frame, mouth)}
 
 
 @torch.no_grad()
