@@ -249,6 +249,35 @@ def test_talkinggaussian_adds_the_eye_box_term_in_the_deforming_stages(tiny_subj
     np.testing.assert_allclose(lm, (np.asarray(data.landmarks[t])[:, :2] + 0.5) * 64 / data.source_size - 0.5)
 
 
+def test_eye_box_shut_gain_weighs_a_frame_by_its_blink(tiny_subject):
+    """`eye_box_shut_gain`: a frame's eye-box term is (1 + gain x its blink coefficient) times the
+    plain one, so shut-eye frames weigh more and open ones (blink 0) as before."""
+    import pytest
+    import torch
+
+    from talksplat.data.subject import load_subject_data
+    from talksplat.engine.contract import Batch, View
+    from talksplat.recipes.talkinggaussian import TalkingGaussian, TalkingGaussianConfig
+
+    data = load_subject_data(tiny_subject, 64)
+    cfg = TalkingGaussianConfig(size=64, face_points=300, mouth_points=50)
+    recipe = TalkingGaussian(data, cfg, np.random.default_rng(0))
+    motion = recipe.stages()[1]
+    t = int(data.train_frames[0])
+    with torch.no_grad():
+        outputs = recipe.forward(View(t), recipe.training_conditions(t, motion))
+    batch = Batch(frame=t, image=data.image(t))
+    data.blink = np.zeros_like(np.asarray(data.blink))
+    plain = recipe.losses(outputs, batch, motion)["eye_box"]
+    assert plain.item() > 0
+    cfg.eye_box_shut_gain = 4.0
+    assert recipe.losses(outputs, batch, motion)["eye_box"].item() == pytest.approx(plain.item())
+    data.blink[t] = 0.5
+    assert recipe.losses(outputs, batch, motion)["eye_box"].item() == pytest.approx(3.0 * plain.item())
+    with pytest.raises(ValueError, match="eye_box_shut_gain"):
+        TalkingGaussianConfig(eye_box_shut_gain=-1.0).validate()
+
+
 def test_talkinggaussian_floors_the_shut_eye_share_of_rare_blinkers_only(tiny_subject):
     from talksplat.data.samplers import MinimumShareSampler, shut_eye_frames
     from talksplat.data.subject import load_subject_data
@@ -280,3 +309,35 @@ def test_talkinggaussian_floors_the_shut_eye_share_of_rare_blinkers_only(tiny_su
     floored = config_from_saved(TalkingGaussianConfig, {"size": 64, "blink_share": 0.04})
     assert (floored.blink_share, floored.rare_blinks) == (0.04, 1.0)
     assert config_from_saved(TalkingGaussianConfig, {"size": 64}).blink_share == 0.0
+
+
+def test_eyes_audio_free_keeps_the_audio_code_off_the_lids(tiny_subject):
+    """`eyes_audio_free_mm`: face Gaussians near the template's eyes deform the same under any audio
+    code (the lids follow the expression alone); the others still follow the audio."""
+    import pytest
+    import torch
+
+    from talksplat.data.subject import load_subject_data
+    from talksplat.recipes.parts import template_anchors
+    from talksplat.recipes.talkinggaussian import TalkingGaussian, TalkingGaussianConfig
+
+    data = load_subject_data(tiny_subject, 64)
+    cfg = TalkingGaussianConfig(size=64, face_points=300, mouth_points=50, eyes_audio_free_mm=12.0)
+    recipe = TalkingGaussian(data, cfg, np.random.default_rng(0))
+    with torch.no_grad():                       # the field starts at zero deformation: give it some
+        torch.nn.init.normal_(recipe.face_motion.head[-1].weight, std=0.1)
+    t = int(data.train_frames[0])
+    conditions = recipe.training_conditions(t, recipe.stages()[1])
+    louder = {**conditions, "audio_code": conditions["audio_code"] + 1.0}
+    means = recipe.sets["face"].params["means"].detach()
+    eyes = torch.cdist(means, template_anchors(("eyes",))).min(dim=1).values <= 12.0
+    assert 5 < eyes.sum() < len(eyes) - 5
+    for training in (True, False):              # the training path and the cached inference path
+        recipe.train(training)
+        with torch.set_grad_enabled(training):
+            a = recipe._deformed("face", conditions)["means"].detach()
+            b = recipe._deformed("face", louder)["means"].detach()
+        assert torch.allclose(a[eyes], b[eyes])
+        assert not torch.allclose(a[~eyes], b[~eyes])
+    with pytest.raises(ValueError, match="eyes_audio_free_mm"):
+        TalkingGaussianConfig(eyes_audio_free_mm=-1.0).validate()

@@ -4,6 +4,7 @@ the frame shows as inside the mouth, so the inside-mouth layer (teeth, tongue) c
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from talksplat.core.labels import INSIDE_MOUTH, LIPS, SKIN
@@ -120,15 +121,17 @@ def test_lips_term_asks_the_face_layer_to_draw_the_lips(tiny_subject):
     assert "lips_face_alpha" not in recipe.losses(outputs, Batch(frame=t, image=data.image(t)), motion)
 
 
-def test_face_opacity_region_limits_the_offsets_to_the_mouth(tiny_subject):
-    """`face_opacity_region_mm`: only face Gaussians near the template's lips get the per-frame
-    opacity offset; the eyes and the rest keep their static opacity."""
+@pytest.mark.parametrize("region", ["lips", "eyes"])
+def test_face_opacity_region_limits_the_offsets_to_the_region(tiny_subject, region):
+    """`face_opacity_region_mm`: only face Gaussians near the template's landmarks of
+    `face_opacity_regions` get the per-frame opacity offset; the rest keep their static opacity."""
     from talksplat.data.subject import load_subject_data
     from talksplat.recipes.parts import template_anchors
     from talksplat.recipes.talkinggaussian import TalkingGaussian, TalkingGaussianConfig
 
     data = load_subject_data(tiny_subject, 64)
-    cfg = TalkingGaussianConfig(size=64, face_points=300, mouth_points=50, face_opacity_region_mm=12.0)
+    cfg = TalkingGaussianConfig(size=64, face_points=300, mouth_points=50, face_opacity_region_mm=12.0,
+                                face_opacity_regions=(region,))
     cfg.face_motion.outputs = ("position", "scale", "rotation", "opacity")
     recipe = TalkingGaussian(data, cfg, np.random.default_rng(0))
     with torch.no_grad():
@@ -137,7 +140,7 @@ def test_face_opacity_region_limits_the_offsets_to_the_mouth(tiny_subject):
         opacities = recipe._deformed("face", recipe.training_conditions(t, recipe.stages()[1]))["opacities"]
     params = recipe.sets["face"].params
     static = torch.sigmoid(params["opacity_logits"]).reshape(-1)
-    distance = torch.cdist(params["means"].detach(), template_anchors(("lips",))).min(dim=1).values
+    distance = torch.cdist(params["means"].detach(), template_anchors((region,))).min(dim=1).values
     near, far = distance <= 12.0, distance > 12.0
     assert near.sum() > 5 and far.sum() > 5
     assert torch.allclose(opacities.reshape(-1)[far], static[far])
@@ -145,8 +148,6 @@ def test_face_opacity_region_limits_the_offsets_to_the_mouth(tiny_subject):
 
 
 def test_unknown_face_field_output_is_a_one_line_config_error():
-    import pytest
-
     from talksplat.engine.config import apply_overrides
     from talksplat.recipes.talkinggaussian import TalkingGaussianConfig
 
@@ -155,6 +156,9 @@ def test_unknown_face_field_output_is_a_one_line_config_error():
         cfg.validate()
     cfg = apply_overrides(TalkingGaussianConfig(), {"face_opacity_region_mm": "-1"})
     with pytest.raises(ValueError, match="face_opacity_region_mm"):
+        cfg.validate()
+    cfg = apply_overrides(TalkingGaussianConfig(), {"face_opacity_regions": "eyes,ears"})
+    with pytest.raises(ValueError, match=r"face_opacity_regions: unknown or none \['ears'\]"):
         cfg.validate()
 
 

@@ -61,6 +61,7 @@ from talksplat.gaussians import rasterize
 from talksplat.gaussians.gaussian_set import DensifyConfig, GaussianSet
 from talksplat.gaussians.model import GaussianLearningRates
 from talksplat.recipes.parts import (
+    FACE_REGIONS,
     landmark_offsets,
     lip_rig,
     near,
@@ -172,14 +173,26 @@ class TalkingGaussianConfig(RecipeConfig):
     # cost him blinks in four of five runs; Reagan 4.1%, Andrew 9.2% blink unaided (docs/fidelity.md).
     blink_share: float = 0.1
     rare_blinks: float = 0.03
+    # losses.eye_box of a frame is weighted by (1 + eye_box_shut_gain x its blink coefficient), so
+    # the few frames with the lids shut weigh more than the many open ones (a stronger eye term for
+    # every frame, eye_box=4, cost Obama blinks; docs/fidelity.md). 0 = every frame alike.
+    eye_box_shut_gain: float = 0.0
     # In the motion stage, keep the canonical geometry fixed so mouth changes must be explained by
     # the audio-driven deformation rather than baked into an average mouth (experiment; did not help).
     freeze_geometry_in_motion: bool = False
     # With "opacity" in face_motion.outputs (per-frame opacity offsets for the face layer): only the
-    # Gaussians whose canonical centre lies within this many mm of the template's lip landmarks get
-    # the offset, so the face layer can fade per frame over the mouth and nowhere else (everywhere,
-    # the Obama avatar stopped closing its eyes; docs/fidelity.md). 0 = every face Gaussian.
+    # Gaussians whose canonical centre lies within this many mm of the template's landmarks of
+    # `face_opacity_regions` (parts.FACE_REGIONS) get the offset, so the face layer can fade per frame
+    # there and nowhere else (everywhere, the Obama avatar stopped closing its eyes;
+    # docs/fidelity.md). 0 = every face Gaussian.
     face_opacity_region_mm: float = 0.0
+    face_opacity_regions: tuple[str, ...] = ("lips",)
+    # The face Gaussians whose canonical centre lies within this many mm of the template's eye
+    # landmarks do not see the audio code (SyncTalk++'s masked attention, at the eyes only): the lids
+    # move with the expression coefficients alone. Otherwise a one-frame blink can be learned through
+    # that frame's audio, and the lids half-close on it under other speech (Obama: EAR 0.163 with
+    # the frame's own audio, 0.184 driven by another voice; docs/fidelity.md). 0 = off.
+    eyes_audio_free_mm: float = 0.0
     # With losses.lip_landmarks: the face Gaussians within this many mm of a canonical lip landmark
     # carry it.
     lip_landmark_radius_mm: float = 4.0
@@ -211,6 +224,14 @@ class TalkingGaussianConfig(RecipeConfig):
         self.mouth_motion.validate("mouth_motion")
         if self.face_opacity_region_mm < 0:
             raise ValueError("face_opacity_region_mm must be >= 0 (0 = every face Gaussian)")
+        unknown_regions = sorted(set(self.face_opacity_regions) - set(FACE_REGIONS))
+        if unknown_regions or not self.face_opacity_regions:
+            raise ValueError(f"face_opacity_regions: unknown or none {unknown_regions}; use some of "
+                             f"{', '.join(sorted(FACE_REGIONS))}")
+        if self.eyes_audio_free_mm < 0:
+            raise ValueError(f"eyes_audio_free_mm must be >= 0 (got {self.eyes_audio_free_mm}; 0 = off)")
+        if self.eye_box_shut_gain < 0:
+            raise ValueError(f"eye_box_shut_gain must be >= 0 (got {self.eye_box_shut_gain}; 0 = off)")
         if min(self.face_points, self.mouth_points, self.refine_every) < 1:
             raise ValueError("face_points, mouth_points and refine_every must be >= 1")
         if not 0.0 <= self.blink_share < 1.0:
@@ -261,7 +282,9 @@ class TalkingGaussian(Recipe):
             else cfg.face_motion
         self.sets["face"] = GaussianSet(face_pts, face_cols, lrs, replace(densify, max_gaussians=cfg.max_face_gaussians))
         self.face_motion = _motion_field(face_motion, face_pts)
-        self.face_opacity_anchors = template_anchors(("lips",)) if cfg.face_opacity_region_mm > 0 else None
+        self.face_opacity_anchors = template_anchors(tuple(cfg.face_opacity_regions)) \
+            if cfg.face_opacity_region_mm > 0 else None
+        self.eye_anchors = template_anchors(("eyes",)) if cfg.eyes_audio_free_mm > 0 else None
         self.lip_anchors = self.lip_offsets = None
         if cfg.losses.lip_landmarks > 0 and data.landmarks is not None:
             self.lip_anchors = template_anchors(("lips",))
@@ -335,7 +358,11 @@ class TalkingGaussian(Recipe):
             return gaussians.activated(), None
         p = gaussians.params
         expression = conditions["expression"] if name == "face" else None
-        d = self._motion_fields()[name](p["means"], conditions["audio_code"], expression)
+        audio = conditions["audio_code"]
+        if name == "face" and self.eye_anchors is not None:
+            hears = 1.0 - near(p["means"], self.eye_anchors, self.cfg.eyes_audio_free_mm)
+            audio = hears[:, None] * audio.reshape(1, -1)         # per Gaussian: 0 at the eyes
+        d = self._motion_fields()[name](p["means"], audio, expression)
         rigged = p["means"]
         if self.lip_rig is not None and name in self.cfg.lip_rig_sets:
             # the inside-mouth layer sits behind the lips: its teeth follow the lip in front of them
@@ -393,7 +420,8 @@ class TalkingGaussian(Recipe):
         if wants_lips_alpha:
             terms["lips_face_alpha"] = label_alpha(1.0 - outputs["face_alpha"], labels, LIPS)
         if losses.eye_box > 0 and self.data.landmarks is not None:
-            terms["eye_box"] = eye_box_l1(image, target, self.data.landmarks_px(batch.frame))
+            shut_weight = 1.0 + self.cfg.eye_box_shut_gain * float(self.data.blink[batch.frame])
+            terms["eye_box"] = shut_weight * eye_box_l1(image, target, self.data.landmarks_px(batch.frame))
         if "face_means" in outputs:
             terms["lip_landmarks"] = self._lip_landmark_term(outputs["face_means"], batch.frame)
         if "face_deformation" in outputs:
