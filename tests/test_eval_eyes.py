@@ -341,3 +341,8 @@ def test_eyes_audio_free_keeps_the_audio_code_off_the_lids(tiny_subject):
         assert not torch.allclose(a[~eyes], b[~eyes])
     with pytest.raises(ValueError, match="eyes_audio_free_mm"):
         TalkingGaussianConfig(eyes_audio_free_mm=-1.0).validate()
+    # On by default; a run saved before it heard the audio code everywhere and loads that way.
+    from talksplat.engine.config import config_from_saved
+
+    assert TalkingGaussianConfig().eyes_audio_free_mm > 0
+    assert config_from_saved(TalkingGaussianConfig, {"size": 64}).eyes_audio_free_mm == 0.0
