@@ -191,10 +191,11 @@ class TalkingGaussianConfig(RecipeConfig):
     face_opacity_regions: tuple[str, ...] = ("lips",)
     # The face Gaussians whose canonical centre lies within this many mm of the template's eye
     # landmarks do not see the audio code (SyncTalk++'s masked attention, at the eyes only): the lids
-    # move with the expression coefficients alone. Otherwise a one-frame blink was learned partly
-    # through that frame's audio, and the lids half-closed on it under other speech (Obama: EAR 0.163
-    # with the frame's own audio, 0.184 driven by another voice). Held-out PSNR +0.23 to +0.40 dB on
-    # Obama, within 0.03 dB on Andrew and the German anchor (docs/fidelity.md). 0 = off.
+    # move with the expression coefficients alone. Otherwise new speech moved them: at a one-frame
+    # blink Obama's lids closed to EAR 0.163 with any training frame's audio code, to 0.184 (just
+    # above the blink counter's threshold) driven by a new voice, whose codes lie outside the
+    # training ones. Held-out PSNR -0.02 to +0.40 dB on the three clips, both preparations
+    # (docs/fidelity.md). 0 = off.
     eyes_audio_free_mm: float = 10.0
     # With losses.lip_landmarks: the face Gaussians within this many mm of a canonical lip landmark
     # carry it.
