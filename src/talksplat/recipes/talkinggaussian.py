@@ -194,7 +194,7 @@ class TalkingGaussianConfig(RecipeConfig):
     # move with the expression coefficients alone. Otherwise new speech moved them: at a one-frame
     # blink Obama's lids closed to EAR 0.163 with any training frame's audio code, to 0.184 (just
     # above the blink counter's threshold) driven by a new voice, whose codes lie outside the
-    # training ones. Held-out PSNR -0.02 to +0.40 dB on the three clips, both preparations
+    # training ones. Held-out PSNR -0.03 to +0.40 dB on the three clips, both preparations
     # (docs/fidelity.md). 0 = off.
     eyes_audio_free_mm: float = 10.0
     # With losses.lip_landmarks: the face Gaussians within this many mm of a canonical lip landmark
