@@ -24,12 +24,12 @@ import torch
 from _machine import machine_info
 
 import talksplat  # noqa: F401  - before torch work, so talksplat's OpenMP settings apply as for users
+from talksplat.data.samplers import SHUT_EYES_BLINK
 from talksplat.eval import signals as S
 from talksplat.render.renderer import Renderer
 
 RESULTS = Path(__file__).parent / "results" / "eye_transfer.json"
 BANDS = ((0.0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 0.95), (0.95, 1.01))
-SHUT = 0.5                 # frames listed one by one: lids at least half shut (data.samplers.SHUT_EYES_BLINK)
 
 
 def _uint8(image: torch.Tensor) -> np.ndarray:
@@ -40,8 +40,8 @@ def _frames(blink: np.ndarray, train: np.ndarray, every: int) -> np.ndarray:
     return np.unique(np.concatenate([train[blink[train] >= BANDS[1][0]], train[::every]]))
 
 
-def _with_foreign_audio(recipe, frame: int, other: int) -> dict:
-    own, foreign = recipe.conditions(frame), recipe.conditions(other)
+def _with_foreign_audio(own: dict, foreign: dict) -> dict:
+    """A frame's conditions with another frame's audio code (and lip state): its expression stays."""
     return {**own, **{k: v for k, v in foreign.items() if k != "expression"}}
 
 
@@ -62,9 +62,9 @@ def main() -> None:
         for t in frames:
             t = int(t)
             other = int(train[(np.searchsorted(train, t) + len(train) // 2) % len(train)])
-            for name, tracker, conditions in ((
-                    "own", own, avatar.recipe.conditions(t)),
-                    ("foreign", foreign, _with_foreign_audio(avatar.recipe, t, other))):
+            conditions_own = avatar.recipe.conditions(t)
+            conditions_foreign = _with_foreign_audio(conditions_own, avatar.recipe.conditions(other))
+            for name, tracker, conditions in (("own", own, conditions_own), ("foreign", foreign, conditions_foreign)):
                 out = avatar.render(t, conditions)
                 tracked[name].append(tracker(_uint8(out["head"] + (1 - out["alpha"]) * backdrop)))
             tracked["real"].append(real(_uint8(data.image(t))))
@@ -83,7 +83,7 @@ def main() -> None:
             print(f"| {lo:.2f}-{min(hi, 1.0):.2f} | {row['frames']} | {row['real']:.3f} | {row['own']:.3f} | "
                   f"{row['foreign']:.3f} |")
     shut = [{"frame": int(t), "blink": float(c), **{k: float(v[i]) for k, v in ear.items()}}
-            for i, (t, c) in enumerate(zip(frames, b)) if c >= SHUT]
+            for i, (t, c) in enumerate(zip(frames, b)) if c >= SHUT_EYES_BLINK]
     for row in shut:
         print(f"  frame {row['frame']:4d} blink {row['blink']:.2f}: real {row['real']:.3f}, own audio "
               f"{row['own']:.3f}, foreign audio {row['foreign']:.3f}")

@@ -62,6 +62,7 @@ from talksplat.gaussians.gaussian_set import DensifyConfig, GaussianSet
 from talksplat.gaussians.model import GaussianLearningRates
 from talksplat.recipes.parts import (
     FACE_REGIONS,
+    RegionGate,
     landmark_offsets,
     lip_rig,
     near,
@@ -288,7 +289,8 @@ class TalkingGaussian(Recipe):
         self.face_motion = _motion_field(face_motion, face_pts)
         self.face_opacity_anchors = template_anchors(tuple(cfg.face_opacity_regions)) \
             if cfg.face_opacity_region_mm > 0 else None
-        self.eye_anchors = template_anchors(("eyes",)) if cfg.eyes_audio_free_mm > 0 else None
+        self.eyes_hear = RegionGate(template_anchors(("eyes",)), cfg.eyes_audio_free_mm) \
+            if cfg.eyes_audio_free_mm > 0 else None
         self.lip_anchors = self.lip_offsets = None
         if cfg.losses.lip_landmarks > 0 and data.landmarks is not None:
             self.lip_anchors = template_anchors(("lips",))
@@ -363,9 +365,8 @@ class TalkingGaussian(Recipe):
         p = gaussians.params
         expression = conditions["expression"] if name == "face" else None
         audio = conditions["audio_code"]
-        if name == "face" and self.eye_anchors is not None:
-            hears = 1.0 - near(p["means"], self.eye_anchors, self.cfg.eyes_audio_free_mm)
-            audio = hears[:, None] * audio.reshape(1, -1)         # per Gaussian: 0 at the eyes
+        if name == "face" and self.eyes_hear is not None:
+            audio = self.eyes_hear(p["means"])[:, None] * audio.reshape(1, -1)   # per Gaussian: 0 at the eyes
         d = self._motion_fields()[name](p["means"], audio, expression)
         rigged = p["means"]
         if self.lip_rig is not None and name in self.cfg.lip_rig_sets:

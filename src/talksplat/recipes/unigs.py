@@ -61,7 +61,7 @@ from talksplat.gaussians.model import GaussianLearningRates
 from talksplat.recipes.parts import (
     FACE_REGIONS,
     POSE_DIM,
-    near,
+    RegionGate,
     pose_statistics,
     pose_vector,
     template_anchors,
@@ -253,7 +253,8 @@ class UniGS(Recipe):
             eyes = data.expressions[torch.as_tensor(data.train_frames)][:, list(EYE_COLUMNS)]
             self.register_buffer("eye_mean", eyes.mean(0))
             self.register_buffer("eye_std", eyes.std(0).clamp_min(EYE_STD_FLOOR))
-        self.pose_free_anchors = template_anchors(cfg.pose_free_regions) if cfg.pose_free_radius_mm > 0 else None
+        self.pose_free = RegionGate(template_anchors(cfg.pose_free_regions), cfg.pose_free_radius_mm) \
+            if cfg.pose_free_radius_mm > 0 else None
         self.audio = SpeechCondition(data, cfg.audio_condition, cfg.lip_state, cfg.audio, cfg.lip_state_noise,
                                      cfg.lip_state_max_gain, fit=not self.weights_from_checkpoint)
 
@@ -303,16 +304,7 @@ class UniGS(Recipe):
     def pose_gate(self, means: Tensor) -> Tensor | None:
         """[N] 0 for the Gaussians of the pose-free face regions, 1 elsewhere; None when every
         Gaussian sees the pose (``pose_free_radius_mm`` 0)."""
-        if self.pose_free_anchors is None:
-            return None
-        # Rendering calls this every frame with the same canonical means (3.8 ms for 40k Gaussians on
-        # one thread): kept until the tensor changes, keyed as MotionField's inference cache is.
-        key = (means.data_ptr(), means._version, tuple(means.shape))
-        cached = getattr(self, "_pose_gate_cache", None)
-        if cached is None or cached[0] != key:
-            cached = (key, 1.0 - near(means, self.pose_free_anchors, self.cfg.pose_free_radius_mm))
-            self._pose_gate_cache = cached
-        return cached[1]
+        return None if self.pose_free is None else self.pose_free(means)
 
     # ---------------------------------------------------------------------------------- rendering
     def _deformed(self, conditions: Conditions | None, w2c: Tensor) -> tuple[dict[str, Tensor], Deformation | None]:
