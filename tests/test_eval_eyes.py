@@ -296,7 +296,7 @@ def test_talkinggaussian_floors_the_shut_eye_share_of_rare_blinkers_only(tiny_su
     assert isinstance(recipe.sampler(motion), MinimumShareSampler)
     assert not isinstance(recipe.sampler(static), MinimumShareSampler)     # deforming stages only
 
-    data.blink[train[: max(2, len(train) // 20)]] = 1.0    # ~5% of the frames shut: drawn as before
+    data.blink[train[: int(np.ceil(cfg.rare_blinks * len(train)))]] = 1.0    # at the threshold: drawn as before
     share = len(shut_eye_frames(data)) / len(train)
     assert cfg.rare_blinks <= share < cfg.blink_share
     assert not isinstance(recipe.sampler(motion), MinimumShareSampler)

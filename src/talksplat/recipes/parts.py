@@ -13,6 +13,7 @@ from talksplat.core.labels import HEAD_LABELS, INSIDE_MOUTH
 from talksplat.core.landmarks import LEFT_EYE, LIP_POINTS, RIGHT_EYE
 from talksplat.core.pixels import RASTER_PIXEL_CENTRE
 from talksplat.data.subject import SubjectData
+from talksplat.features.expression import CORE_NAMES
 from talksplat.features.lipstate import LipBasis
 from talksplat.fields.landmark_rig import LandmarkRig
 from talksplat.gaussians.rasterize import project_points
@@ -86,13 +87,17 @@ def pose_statistics(w2c: Tensor) -> tuple[Tensor, Tensor]:
 # ------------------------------------------------------------------------------------ face regions
 def template_anchors(regions: tuple[str, ...] = ("lips",)) -> Tensor:
     """The canonical template's landmarks of the named :data:`FACE_REGIONS`, in the head frame (mm) [K, 3]."""
-    from talksplat.tracking.template import load_canonical_template
-
     unknown = sorted(set(regions) - set(FACE_REGIONS))
     if unknown:
         raise ValueError(f"unknown face regions {unknown}; use some of {sorted(FACE_REGIONS)}")
-    indices = [i for name in regions for i in FACE_REGIONS[name]]
-    return torch.tensor(load_canonical_template().vertices[indices], dtype=torch.float32)
+    return template_anchors_of(tuple(i for name in regions for i in FACE_REGIONS[name]))
+
+
+def template_anchors_of(points: tuple[int, ...]) -> Tensor:
+    """The canonical template's landmarks ``points`` (FaceMesh indices), in the head frame (mm) [K, 3]."""
+    from talksplat.tracking.template import load_canonical_template
+
+    return torch.tensor(load_canonical_template().vertices[list(points)], dtype=torch.float32)
 
 
 def near(points: Tensor, anchors: Tensor, radius: float) -> Tensor:
@@ -132,7 +137,35 @@ def landmark_offsets(data: SubjectData, anchors: Tensor, indices) -> Tensor:
     return torch.tensor(np.nan_to_num(offsets), dtype=torch.float32)
 
 
-# ------------------------------------------------------------------------------------ lip rig
+# ------------------------------------------------------------------------------------ landmark rigs
+def _tracked_in_head_frame(data: SubjectData, points: tuple[int, ...],
+                           template: Tensor) -> tuple[Tensor, list[int]]:
+    """[T, K, 3] float64 tracked landmarks ``points`` of the training frames in the head frame (mm),
+    back-projected at the depth of the canonical ``template`` landmarks [K, 3] in each frame's camera,
+    and the T frames they come from (frames with a landmark lost are left out)."""
+    template, K = template.double(), data.K.cpu().double()
+    focal, centre = torch.stack([K[0, 0], K[1, 1]]), K[:2, 2]
+    positions, keep = [], []
+    for t in np.asarray(data.train_frames):
+        tracked = torch.as_tensor(data.landmarks_px(int(t))[list(points)] + RASTER_PIXEL_CENTRE, dtype=torch.float64)
+        if not bool(torch.isfinite(tracked).all()):
+            continue
+        w2c = data.w2c[int(t)].cpu().double()
+        _, depth = project_points(template, w2c, K)
+        camera = torch.cat([(tracked - centre) / focal * depth[:, None], depth[:, None]], dim=1)
+        positions.append((camera - w2c[:3, 3]) @ w2c[:3, :3])
+        keep.append(int(t))
+    return torch.stack(positions), keep
+
+
+def _linear_fit(positions: Tensor, states: Tensor) -> tuple[Tensor, Tensor]:
+    """Least squares ``positions [T, K, 3] ~ anchors [K, 3] + states [T, S] @ basis [S, K, 3]``."""
+    T, K = positions.shape[:2]
+    design = torch.cat([torch.ones(T, 1, dtype=torch.float64), states.double()], dim=1)
+    fit = torch.linalg.lstsq(design, positions.reshape(T, -1)).solution                    # [1 + S, K*3]
+    return fit[0].reshape(K, 3), fit[1:].reshape(len(fit) - 1, K, 3)
+
+
 def lip_rig(data: SubjectData, lip_basis: LipBasis, sigma_mm: float, reach_mm: float) -> LandmarkRig:
     """A :class:`LandmarkRig` moving the subject's 40 lip landmarks (head frame, mm) with the lip-state
     coefficients of ``lip_basis`` (features.lipstate).
@@ -145,25 +178,41 @@ def lip_rig(data: SubjectData, lip_basis: LipBasis, sigma_mm: float, reach_mm: f
     """
     # All in float64, rounded at the end: float32 results' last bits follow the memory layout (BLAS,
     # LAPACK), and a run resumed from a checkpoint must continue bit for bit.
-    template = template_anchors(("lips",)).double()
-    frames = np.asarray(data.train_frames)
-    K = data.K.cpu().double()
-    focal, centre = torch.stack([K[0, 0], K[1, 1]]), K[:2, 2]
-    positions, keep = [], []
-    for t in frames:
-        tracked = torch.as_tensor(data.landmarks_px(int(t))[list(LIP_POINTS)] + RASTER_PIXEL_CENTRE, dtype=torch.float64)
-        if not bool(torch.isfinite(tracked).all()):
-            continue
-        w2c = data.w2c[int(t)].cpu().double()
-        _, depth = project_points(template, w2c, K)
-        camera = torch.cat([(tracked - centre) / focal * depth[:, None], depth[:, None]], dim=1)
-        positions.append((camera - w2c[:3, 3]) @ w2c[:3, :3])
-        keep.append(int(t))
-    positions = torch.stack(positions).reshape(len(keep), -1)                                       # [T, K*3]
-    states = torch.as_tensor(lip_basis.coefficients(data.lip_shapes[keep]), dtype=torch.float64)    # [T, S]
-    design = torch.cat([torch.ones(len(keep), 1, dtype=torch.float64), states], dim=1)
-    fit = torch.linalg.lstsq(design, positions).solution.float()                                     # [1 + S, K*3]
-    return LandmarkRig(fit[0].reshape(-1, 3), fit[1:].reshape(len(fit) - 1, -1, 3), sigma_mm, reach_mm)
+    positions, keep = _tracked_in_head_frame(data, LIP_POINTS, template_anchors(("lips",)))
+    states = torch.as_tensor(lip_basis.coefficients(data.lip_shapes[keep]), dtype=torch.float64)
+    anchors, basis = _linear_fit(positions, states)
+    return LandmarkRig(anchors.float(), basis.float(), sigma_mm, reach_mm)
+
+
+# The eyes of FACE_REGIONS["eyes"] (right, then left) and the column of each one's blink coefficient
+# among the expression coefficients.
+LID_RIG_EYES = ((RIGHT_EYE, CORE_NAMES.index("eyeBlinkRight")), (LEFT_EYE, CORE_NAMES.index("eyeBlinkLeft")))
+
+
+def lid_rig(data: SubjectData, sigma_mm: float, reach_mm: float) -> LandmarkRig:
+    """A :class:`LandmarkRig` moving each eye's 16 landmarks (head frame, mm) with that eye's blink
+    coefficient - the states are the frame's expression coefficients, the other columns' basis zero.
+
+    Fitted as :func:`lip_rig` is, one eye at a time: both eyes blink together, and a joint fit on two
+    nearly equal columns could move one eye by the difference of large opposite terms.
+    """
+    states_dim = data.expressions.shape[1]
+    anchors, basis = [], []
+    for points, column in LID_RIG_EYES:
+        positions, keep = _tracked_in_head_frame(data, points, template_anchors_of(points))
+        blink = data.expressions[keep][:, column:column + 1].double()
+        eye_anchors, eye_basis = _linear_fit(positions, blink)
+        full = torch.zeros(states_dim, len(points), 3, dtype=torch.float64)
+        full[column] = eye_basis[0]
+        anchors.append(eye_anchors)
+        basis.append(full)
+    return LandmarkRig(torch.cat(anchors).float(), torch.cat(basis, dim=1).float(), sigma_mm, reach_mm)
+
+
+def placeholder_lid_rig(states_dim: int, sigma_mm: float, reach_mm: float) -> LandmarkRig:
+    """A lid rig of the right shape for a checkpoint to fill."""
+    n = len(RIGHT_EYE) + len(LEFT_EYE)
+    return LandmarkRig(torch.zeros(n, 3), torch.zeros(states_dim, n, 3), sigma_mm, reach_mm)
 
 
 def placeholder_lip_rig(lip_dims: int, sigma_mm: float, reach_mm: float) -> LandmarkRig:
