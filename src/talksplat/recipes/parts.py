@@ -109,21 +109,29 @@ def near(points: Tensor, anchors: Tensor, radius: float) -> Tensor:
 
 class RegionGate:
     """[N] per-Gaussian gate of a condition: 0 for the points within ``radius`` of any anchor (the
-    region does not see the condition), 1 elsewhere.
+    region does not see the condition), 1 elsewhere; :meth:`inside` gives the region itself.
 
     Rendering asks every frame with the same canonical means (3.8 ms for 34k Gaussians on one
-    thread): the gate is kept until the tensor changes, keyed as MotionField's inference cache is.
+    thread): the region is kept until the tensor changes, keyed as MotionField's inference cache is.
     """
 
     def __init__(self, anchors: Tensor, radius: float) -> None:
         self.anchors, self.radius = anchors, radius
-        self._cache: tuple[tuple, Tensor] | None = None
+        self._cache: tuple[tuple, Tensor, Tensor] | None = None
 
     def __call__(self, means: Tensor) -> Tensor:
+        return self._cached(means)[2]
+
+    def inside(self, means: Tensor) -> Tensor:
+        """[N] 1.0 for the points within ``radius`` of any anchor, else 0.0."""
+        return self._cached(means)[1]
+
+    def _cached(self, means: Tensor) -> tuple[tuple, Tensor, Tensor]:
         key = (means.data_ptr(), means._version, tuple(means.shape), means.device)
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, 1.0 - near(means, self.anchors, self.radius))
-        return self._cache[1]
+            region = near(means, self.anchors, self.radius)
+            self._cache = (key, region, 1.0 - region)
+        return self._cache
 
 
 def landmark_offsets(data: SubjectData, anchors: Tensor, indices) -> Tensor:

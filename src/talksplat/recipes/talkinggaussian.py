@@ -66,7 +66,6 @@ from talksplat.recipes.parts import (
     landmark_offsets,
     lid_rig,
     lip_rig,
-    near,
     placeholder_lid_rig,
     placeholder_lip_rig,
     seed_points,
@@ -222,9 +221,10 @@ class TalkingGaussianConfig(RecipeConfig):
     lip_rig_reach_mm: float = 8.0
     # How much of the tracked lid landmarks' motion - fitted, per eye, as linear in that eye's blink
     # coefficient (parts.lid_rig) - moves the face Gaussians near the eyes before the motion field
-    # acts (0 = off, 1 = all). Why: the motion field alone left Obama's upper lids ~1.5 px (256^2)
-    # short of the real lash line on his shut training frames (EAR 0.135 against 0.085); the
-    # rendered eye boxes, pasted into the real frames, read as the render does (docs/fidelity.md).
+    # acts (0 = off, 1 = all). Tried because the motion field alone left Obama's upper lids ~1.5 px
+    # (256^2) short of the real lash line on his shut training frames (EAR 0.135 against 0.085). OFF
+    # by default: it did the closing but no deeper (0.146), and moved his blink misses between voices;
+    # the shut-eye floor (rare_blinks) is what deepened the lids (docs/fidelity.md, eleventh session).
     # Then the blend's width and its reach, in mm, as for the lip rig. Needs landmarks.
     lid_rig: float = 0.0
     lid_rig_sigma_mm: float = 1.0
@@ -304,8 +304,8 @@ class TalkingGaussian(Recipe):
             else cfg.face_motion
         self.sets["face"] = GaussianSet(face_pts, face_cols, lrs, replace(densify, max_gaussians=cfg.max_face_gaussians))
         self.face_motion = _motion_field(face_motion, face_pts)
-        self.face_opacity_anchors = template_anchors(tuple(cfg.face_opacity_regions)) \
-            if cfg.face_opacity_region_mm > 0 else None
+        self.face_opacity_region = RegionGate(template_anchors(tuple(cfg.face_opacity_regions)),
+                                              cfg.face_opacity_region_mm) if cfg.face_opacity_region_mm > 0 else None
         self.eyes_hear = RegionGate(template_anchors(("eyes",)), cfg.eyes_audio_free_mm) \
             if cfg.eyes_audio_free_mm > 0 else None
         self.lip_anchors = self.lip_offsets = None
@@ -396,9 +396,8 @@ class TalkingGaussian(Recipe):
         if self.lid_rig is not None and name == "face":
             rigged = rigged + self.cfg.lid_rig * self.lid_rig(p["means"], expression)
         opacity_offsets = d.d_opacity_logits
-        if name == "face" and self.face_opacity_anchors is not None:
-            opacity_offsets = opacity_offsets * near(p["means"], self.face_opacity_anchors,
-                                                     self.cfg.face_opacity_region_mm)
+        if name == "face" and self.face_opacity_region is not None:
+            opacity_offsets = opacity_offsets * self.face_opacity_region.inside(p["means"])
         return {"means": rigged + d.d_means, "quats": p["quats"] + d.d_quats,
                 "scales": torch.exp(p["log_scales"] + d.d_log_scales),
                 "opacities": torch.sigmoid(p["opacity_logits"] + opacity_offsets),
